@@ -1,0 +1,88 @@
+"""The one `Settings` object, built from `CONVEYOR_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set, with the default that suits a laptop."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Where messages go and where every job is recorded.
+    broker_url: str = "redis://localhost:6379/0"
+    result_backend: str = "redis://localhost:6379/1"
+    database_url: str = "sqlite:///conveyor.db"
+    # Seconds a message may stay unacknowledged before Redis hands it out again. It must
+    # outlast the longest job plus the longest countdown a job may be given.
+    visibility_timeout: int = Field(default=6 * 3600, ge=60)
+
+    data_dir: Path = Path("data")
+    results_dir: Path = Path("results")
+    timezone: str = "UTC"
+
+    # Worker runtime.
+    worker_concurrency: int = Field(default=2, ge=1)
+    worker_max_tasks_per_child: int | None = None
+    worker_max_memory_per_child: int | None = Field(default=None, description="KiB")
+    task_soft_time_limit: int | None = Field(default=None, ge=1)
+    task_time_limit: int | None = Field(default=3600, ge=1)
+
+    # Retry policy applied to every task unless the task overrides it.
+    retry_max: int = Field(default=5, ge=0)
+    retry_backoff: int = Field(default=2, ge=1, description="first delay in seconds")
+    retry_backoff_max: int = Field(default=600, ge=1)
+
+    # Job store.
+    record_flush_interval: float = Field(default=0.1, gt=0, description="seconds")
+    record_batch_size: int = Field(default=500, ge=1)
+    cancel_poll_interval: float = Field(default=1.0, gt=0)
+    job_retention_days: int = Field(default=30, ge=1)
+    max_payload_bytes: int = Field(default=1_000_000, ge=1024)
+
+    # Task events are buffered and flushed this often (Flower still sees every event).
+    event_flush_interval: float = Field(default=0.1, ge=0)
+
+    # SMTP, for the email family.
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_timeout: float = 30.0
+    mail_from: str = "Conveyor <conveyor@localhost>"
+
+    @field_validator("data_dir", "results_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by `***`, safe to print or log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,0 +1,328 @@
+"""The client API: enqueue jobs, look them up, wait for them, cancel and retry them."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from kombu.exceptions import OperationalError as KombuOperationalError
+from pydantic import ValidationError
+
+from config import mask_url
+from jobs.db import utcnow
+from jobs.errors import (
+    BrokerUnavailable,
+    InvalidInput,
+    InvalidTransition,
+    JobCancelled,
+    JobFailed,
+    PayloadInvalid,
+    PayloadTooLarge,
+    UnknownTask,
+    WaitTimeout,
+)
+from jobs.models import FINISHED, AttemptOutcome, JobStatus
+from jobs.models import Job as JobRow
+from jobs.store import JobStore
+from tasks.registry import REGISTRY, TaskSpec
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+#: Publishing retries briefly, then gives up: a caller learns within seconds that Redis is down.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    reason: str | None
+    worker: str | None
+    pid: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job's record. `refresh()` reads it again; `wait()` waits for the end."""
+
+    id: str
+    task: str | None
+    status: str
+    queue: str | None = None
+    source: str | None = None
+    kwargs: dict[str, Any] | None = None
+    args: list[Any] | None = None
+    idempotency_key: str | None = None
+    priority: int | None = None
+    eta: datetime | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    retry_of: str | None = None
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    runtime: float | None = None
+    worker: str | None = None
+    attempts: int = 0
+    client: Client | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_row(cls, row: JobRow, client: Client | None = None) -> Job:
+        names = {f.name for f in fields(cls)} - {"client"}
+        return cls(**{n: getattr(row, n) for n in names}, client=client)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "client"}
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in out.items()}
+
+    def _client(self) -> Client:
+        return self.client or default_client()
+
+    def refresh(self) -> Job:
+        return self._client().get_job(self.id)
+
+    def attempt_history(self) -> list[Attempt]:
+        return self._client().attempts(self.id)
+
+    def wait(self, timeout: float | None = None, poll: float = 0.05) -> Any:
+        """Wait for the job to finish; return its result or raise `JobFailed`/`JobCancelled`."""
+        job = self.wait_finished(timeout, poll)
+        if job.status == JobStatus.SUCCEEDED:
+            return job.result
+        exc_type = JobCancelled if job.status == JobStatus.REVOKED else JobFailed
+        raise exc_type(job.id, job.status, job.error_type, job.error_message)
+
+    def wait_finished(self, timeout: float | None = None, poll: float = 0.05,
+                      on_update: Any = None) -> Job:
+        """Wait until the job is finished and return its final record, whatever the outcome."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job: Job = self
+        while not job.finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {self.id} is still {job.status} after {timeout}s")
+            time.sleep(poll)
+            poll = min(poll * 1.5, 0.5)
+            job = job.refresh()
+            if on_update is not None:
+                on_update(job)
+        return job
+
+
+class Client:
+    """Enqueues jobs through a Celery app and reads them back from its job store."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.settings = app.conf.conveyor_settings
+        self.store = JobStore(self.settings.database_url)
+
+    # --- validation ------------------------------------------------------------------------
+    def spec(self, task_name: str) -> TaskSpec:
+        spec = REGISTRY.get(task_name)
+        if spec is None or task_name not in self.app.tasks:
+            raise UnknownTask(task_name, sorted(REGISTRY))
+        return spec
+
+    def validate(self, task_name: str, payload: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Check `payload` against the task's input model and the size limit; return it as a dict."""
+        spec = self.spec(task_name)
+        if payload is not None and not isinstance(payload, Mapping):
+            raise InvalidInput(f"the payload of {task_name} must be a JSON object")
+        data = dict(payload or {})
+        try:
+            spec.input.model_validate(data)
+        except ValidationError as exc:
+            raise PayloadInvalid(task_name, exc.errors(include_url=False)) from None
+        try:
+            size = len(json.dumps(data))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"the payload of {task_name} is not JSON: {exc}") from None
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"the payload of {task_name} is {size} bytes; the limit is {self.settings.max_payload_bytes}"
+            )
+        return data
+
+    @staticmethod
+    def _eta(countdown: float | None, eta: datetime | None) -> datetime | None:
+        if countdown is not None and eta is not None:
+            raise InvalidInput("give countdown or eta, not both")
+        if countdown is not None:
+            if countdown < 0:
+                raise InvalidInput("countdown must not be negative")
+            return utcnow() + timedelta(seconds=countdown)
+        if eta is not None and eta.tzinfo is None:
+            raise InvalidInput("eta must carry a timezone (for example 2026-01-01T07:00:00+00:00)")
+        return eta.astimezone(timezone.utc) if eta else None
+
+    def _row(self, spec: TaskSpec, job_id: str, data: dict[str, Any], *, queue: str | None,
+             eta: datetime | None, priority: int | None, idempotency_key: str | None,
+             source: str, retry_of: str | None) -> dict[str, Any]:
+        if priority is not None and not 0 <= priority <= 9:
+            raise InvalidInput("priority must be between 0 (first) and 9 (last)")
+        return {
+            "id": job_id, "task": spec.name, "queue": queue or spec.queue, "status": JobStatus.QUEUED,
+            "source": source, "args": [], "kwargs": spec.redact(data), "idempotency_key": idempotency_key,
+            "priority": priority, "eta": eta, "retry_of": retry_of, "created_at": utcnow(), "attempts": 0,
+        }
+
+    def _headers(self, source: str, retry_of: str | None) -> dict[str, Any]:
+        headers: dict[str, Any] = {"conveyor_recorded": True, "conveyor_source": source}
+        if retry_of:
+            headers["conveyor_retry_of"] = retry_of
+        return headers
+
+    # --- enqueue ---------------------------------------------------------------------------
+    def enqueue(
+        self,
+        task_name: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        source: str = "api",
+        retry_of: str | None = None,
+    ) -> Job:
+        """Validate, record and publish one job. An idempotency key already used returns its job."""
+        spec = self.spec(task_name)
+        data = self.validate(task_name, payload)
+        when = self._eta(countdown, eta)
+        job_id = str(uuid.uuid4())
+        row = self._row(spec, job_id, data, queue=queue, eta=when, priority=priority,
+                        idempotency_key=idempotency_key, source=source, retry_of=retry_of)
+        stored, created = self.store.create(row)
+        if not created:
+            return Job.from_row(stored, self)
+        try:
+            self.app.tasks[task_name].apply_async(
+                kwargs=data, task_id=job_id, queue=row["queue"], eta=when, priority=priority,
+                headers=self._headers(source, retry_of), retry=True, retry_policy=PUBLISH_RETRY,
+            )
+        except KombuOperationalError as exc:
+            self.store.delete(job_id)  # nothing was published: leave no record behind
+            raise BrokerUnavailable(
+                f"broker {mask_url(self.settings.broker_url)} is unreachable: {exc}"
+            ) from None
+        return Job.from_row(stored, self)
+
+    def enqueue_many(
+        self,
+        task_name: str,
+        payloads: Iterable[Mapping[str, Any]],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        source: str = "api",
+        batch_size: int = 1000,
+    ) -> list[Job]:
+        """Validate every payload, record them in one insert, publish them pipelined."""
+        spec = self.spec(task_name)
+        items = list(payloads)
+        bad: list[dict[str, Any]] = []
+        datas: list[dict[str, Any]] = []
+        for i, p in enumerate(items):
+            try:
+                datas.append(self.validate(task_name, p))
+            except PayloadInvalid as exc:
+                bad.extend({**e, "loc": (i, *e.get("loc", ()))} for e in exc.errors)
+        if bad:
+            raise PayloadInvalid(task_name, bad)
+        rows = [
+            self._row(spec, str(uuid.uuid4()), d, queue=queue, eta=None, priority=priority,
+                      idempotency_key=None, source=source, retry_of=None)
+            for d in datas
+        ]
+        self.store.create_many(rows)
+        task = self.app.tasks[task_name]
+        headers = self._headers(source, None)
+        try:
+            with self.app.producer_or_acquire() as producer, producer.batch(max_size=batch_size):
+                for row, data in zip(rows, datas):
+                    task.apply_async(kwargs=data, task_id=row["id"], queue=row["queue"],
+                                     priority=priority, headers=headers, producer=producer,
+                                     retry=False)
+        except KombuOperationalError as exc:
+            raise BrokerUnavailable(
+                f"broker {mask_url(self.settings.broker_url)} is unreachable: {exc}; "
+                f"the {len(rows)} jobs are recorded as queued but may not all be published"
+            ) from None
+        return [Job(id=r["id"], task=task_name, status=JobStatus.QUEUED, queue=r["queue"],
+                    source=source, kwargs=r["kwargs"], created_at=r["created_at"], client=self)
+                for r in rows]
+
+    # --- reading ---------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> Job:
+        return Job.from_row(self.store.get(job_id), self)
+
+    def attempts(self, job_id: str) -> list[Attempt]:
+        return [Attempt(a.number, a.reason, a.worker, a.pid, a.started_at, a.finished_at,
+                        a.outcome, a.error) for a in self.store.attempts(job_id)]
+
+    def list_jobs(self, *, status: str | Sequence[str] | None = None, task: str | None = None,
+                  since: datetime | None = None, limit: int = 50) -> list[Job]:
+        statuses = [status] if isinstance(status, str) else status
+        for s in statuses or ():
+            if s not in set(JobStatus):
+                raise InvalidInput(f"unknown status {s!r}; one of {', '.join(JobStatus)}")
+        return [Job.from_row(r, self) for r in
+                self.store.list(status=statuses, task=task, since=since, limit=limit)]
+
+    # --- operator actions ------------------------------------------------------------------
+    def cancel(self, job_id: str, *, terminate: bool = False) -> Job:
+        """Cancel a job durably; with `terminate`, also stop it if it is running now."""
+        job = Job.from_row(self.store.cancel(job_id), self)
+        try:
+            self.app.control.revoke(job_id, terminate=terminate, signal="SIGTERM")
+        except Exception:  # noqa: BLE001 - the stored cancellation holds even if the broadcast fails
+            pass
+        return job
+
+    def retry(self, job_id: str) -> Job:
+        """Enqueue a failed, dead or cancelled job again, as a new job linked to the original."""
+        old = self.get_job(job_id)
+        if old.status not in (JobStatus.FAILED, JobStatus.DEAD, JobStatus.REVOKED):
+            raise InvalidTransition(f"job {job_id} is {old.status}; only failed, dead or revoked jobs are retried")
+        spec = self.spec(old.task or "")
+        if any(old.kwargs and old.kwargs.get(k) == "***" for k in spec.sensitive):
+            raise InvalidTransition(
+                f"job {job_id} carried secrets that were not stored; enqueue it again with them"
+            )
+        return self.enqueue(spec.name, old.kwargs or {}, queue=old.queue, priority=old.priority,
+                            source=old.source or "api", retry_of=job_id)
+
+
+_default: Client | None = None
+
+
+def default_client() -> Client:
+    """The client of the default app (`worker.app.app`), made on first use."""
+    global _default
+    if _default is None:
+        from worker.app import app
+
+        _default = Client(app)
+    return _default
+
+
+__all__ = ["Attempt", "AttemptOutcome", "Client", "Job", "default_client"]

@@ -1,0 +1,170 @@
+"""Batched lifecycle recording: merge records in memory, write them in one transaction per tick.
+
+Writing a row per lifecycle event on the task's path halves a worker's throughput (see
+bench/README.md). Instead each process keeps a buffer keyed by job id; a flusher thread
+writes it every `interval` seconds (or sooner when `batch_size` records wait) with one
+executemany upsert per table. Records commute (see `jobs.models.state_order`), so buffers of
+different processes may land in any order. A failed write puts the batch back, merged under
+anything newer, and is retried with backoff: a worker whose database is down keeps running
+jobs and writes what it owes once the database is back.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+from jobs.errors import StoreUnavailable
+from jobs.store import JobStore
+
+log = logging.getLogger("conveyor.recorder")
+
+#: Past this many unwritten records, new ones are still kept but an error is logged.
+BACKLOG_WARNING = 200_000
+
+
+def _merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Combine two records of one job the way the database upsert does."""
+    if old is None:
+        return new
+    fresh = {k: v for k, v in new.items() if v is not None}
+    if new.get("state_order", 0) >= old.get("state_order", 0):
+        return {**old, **fresh}
+    return {**fresh, **{k: v for k, v in old.items() if v is not None}}
+
+
+class Recorder:
+    """One process's buffer of lifecycle records and the thread that writes them."""
+
+    def __init__(self, store: JobStore, interval: float = 0.1, batch_size: int = 500) -> None:
+        self.store = store
+        self.interval = interval
+        self.batch_size = batch_size
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._attempts: dict[tuple[str, int], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        self.pid = os.getpid()
+
+    # --- called from signal handlers: cheap, never raises ----------------------------------
+    def job(self, job_id: str, state_order: int, **fields: Any) -> None:
+        rec = {"id": job_id, "state_order": state_order, **fields}
+        with self._lock:
+            self._jobs[job_id] = _merge(self._jobs.get(job_id), rec)
+            n = len(self._jobs)
+        self._started()
+        if n >= self.batch_size:
+            self._wake.set()
+
+    def attempt(self, job_id: str, number: int, **fields: Any) -> None:
+        key = (job_id, number)
+        rec = {"job_id": job_id, "number": number, **fields}
+        with self._lock:
+            old = self._attempts.get(key)
+            self._attempts[key] = {**old, **{k: v for k, v in rec.items() if v is not None}} if old else rec
+        self._started()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._jobs) + len(self._attempts)
+
+    # --- writing ---------------------------------------------------------------------------
+    def flush(self) -> bool:
+        """Write everything buffered; on failure keep it for the next try. True if written."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, {}
+            attempts, self._attempts = self._attempts, {}
+        if not jobs and not attempts:
+            return True
+        try:
+            self.store.apply(jobs.values(), attempts.values())
+        except Exception as exc:  # noqa: BLE001 - the buffer must survive any failure
+            with self._lock:
+                for jid, rec in jobs.items():
+                    self._jobs[jid] = _merge(rec, self._jobs[jid]) if jid in self._jobs else rec
+                for key, rec in attempts.items():
+                    newer = self._attempts.get(key)
+                    self._attempts[key] = {**rec, **{k: v for k, v in (newer or {}).items() if v is not None}}
+                backlog = len(self._jobs) + len(self._attempts)
+            if not self._failing:
+                kind = "unavailable" if isinstance(exc, StoreUnavailable) else "failing"
+                log.warning("job store %s; keeping %d records to write later: %s", kind, backlog, exc)
+                self._failing = True
+            if backlog > BACKLOG_WARNING:
+                log.error("%d lifecycle records wait for the job store", backlog)
+            return False
+        if self._failing:
+            log.warning("job store is back; wrote the records kept while it was away")
+            self._failing = False
+        return True
+
+    def _run(self) -> None:
+        delay = self.interval
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            ok = self.flush()
+            # Back off while the store is down so a dead database is not hammered.
+            delay = self.interval if ok else min(max(delay * 2, 0.5), 5.0)
+
+    def _started(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="conveyor-recorder", daemon=True
+                    )
+                    self._thread.start()
+                    atexit.register(self.close)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread and write what is left, retrying for up to `timeout` seconds."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=2)
+        deadline = timeout
+        while not self.flush() and deadline > 0:
+            self._stop.wait(0.5)
+            deadline -= 0.5
+        if self.pending:
+            log.error("exiting with %d lifecycle records unwritten", self.pending)
+
+
+_recorders: dict[tuple[int, str], Recorder] = {}
+_recorders_lock = threading.Lock()
+
+
+def get_recorder(database_url: str, interval: float = 0.1, batch_size: int = 500) -> Recorder:
+    """This process's recorder for `database_url` (a forked child gets a fresh one)."""
+    key = (os.getpid(), database_url)
+    rec = _recorders.get(key)
+    if rec is None:
+        with _recorders_lock:
+            rec = _recorders.get(key)
+            if rec is None:
+                rec = _recorders[key] = Recorder(JobStore(database_url), interval, batch_size)
+    return rec
+
+
+def close_recorders() -> None:
+    """Flush and stop this process's recorders (pool children call this before `os._exit`)."""
+    pid = os.getpid()
+    for (owner, _), rec in list(_recorders.items()):
+        if owner == pid:
+            rec.close()
+
+
+def _reset_after_fork() -> None:
+    global _recorders_lock
+    _recorders_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,233 @@
+"""Every query over the job store lives here; database errors become `StoreUnavailable`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import mask_url
+from jobs.db import get_engine, utcnow
+from jobs.errors import InvalidTransition, JobNotFound, StoreUnavailable
+from jobs.models import FINISHED, REVOKED_ORDER, Job, JobAttempt, JobStatus
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Columns a lifecycle record may carry. Every row of one executemany needs the same keys.
+JOB_FIELDS = tuple(c.name for c in Job.__table__.columns if c.name not in ("id", "state_order"))
+ATTEMPT_FIELDS = ("reason", "worker", "pid", "started_at", "finished_at", "outcome", "error")
+
+
+def _translated(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn a driver's connection failure into `StoreUnavailable` naming the (masked) URL."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            store = args[0]
+            assert isinstance(store, JobStore)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise StoreUnavailable(
+                f"job store {mask_url(store.url)} is unavailable: {reason}"
+            ) from exc
+
+    return wrapper
+
+
+class JobStore:
+    """The job store of one database URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @property
+    def dialect(self) -> str:
+        return get_engine(self.url).dialect.name
+
+    def session(self) -> Session:
+        return sessionmaker(get_engine(self.url), expire_on_commit=False)()
+
+    # --- enqueue --------------------------------------------------------------------------
+    @_translated
+    def create(self, row: dict[str, Any]) -> tuple[Job, bool]:
+        """Insert a queued job. With an idempotency key already taken, return that job instead."""
+        with self.session() as s:
+            try:
+                s.execute(insert(Job).values(**row, state_order=0))
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                key = row.get("idempotency_key")
+                existing = s.scalar(select(Job).where(Job.idempotency_key == key)) if key else None
+                if existing is None:
+                    raise
+                return existing, False
+            job = s.get(Job, row["id"])
+            assert job is not None
+            return job, True
+
+    @_translated
+    def create_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert many queued jobs in one statement (no idempotency keys)."""
+        if rows:
+            with get_engine(self.url).begin() as conn:
+                conn.execute(insert(Job), [{**r, "state_order": 0} for r in rows])
+
+    @_translated
+    def delete(self, job_id: str) -> None:
+        """Forget a job that was never published."""
+        with self.session() as s:
+            s.execute(delete(Job).where(Job.id == job_id))
+            s.commit()
+
+    # --- lifecycle records ------------------------------------------------------------------
+    def _insert(self) -> Any:
+        return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+    @_translated
+    def apply(self, jobs: Iterable[dict[str, Any]], attempts: Iterable[dict[str, Any]]) -> None:
+        """Upsert a batch of lifecycle records in one transaction.
+
+        A job record overrides a column only when its `state_order` is at least the row's
+        (otherwise it only fills gaps), so batches from different processes commute.
+        """
+        job_rows = [{"id": r["id"], "state_order": r["state_order"],
+                     **{f: r.get(f) for f in JOB_FIELDS}, "attempts": r.get("attempts") or 0}
+                    for r in jobs]
+        attempt_rows = [{"job_id": r["job_id"], "number": r["number"],
+                         **{f: r.get(f) for f in ATTEMPT_FIELDS}} for r in attempts]
+        ins = self._insert()
+        # Core, not the ORM session: ORM bulk mode would apply column defaults over our values.
+        with get_engine(self.url).begin() as conn:
+            if job_rows:
+                stmt = ins(Job)
+                newer = stmt.excluded.state_order >= Job.state_order
+                sets: dict[str, Any] = {
+                    f: case(
+                        (newer, func.coalesce(getattr(stmt.excluded, f), getattr(Job, f))),
+                        else_=func.coalesce(getattr(Job, f), getattr(stmt.excluded, f)),
+                    )
+                    for f in JOB_FIELDS
+                    if f not in ("idempotency_key", "attempts")
+                }
+                # Attempts only grow.
+                sets["attempts"] = case(
+                    (stmt.excluded.attempts > Job.attempts, stmt.excluded.attempts), else_=Job.attempts
+                )
+                # The job status and the order follow the higher-ranked record.
+                sets["status"] = case((newer, stmt.excluded.status), else_=Job.status)
+                sets["state_order"] = case((newer, stmt.excluded.state_order), else_=Job.state_order)
+                conn.execute(stmt.on_conflict_do_update(index_elements=[Job.id], set_=sets), job_rows)
+            if attempt_rows:
+                astmt = ins(JobAttempt)
+                asets = {
+                    f: func.coalesce(getattr(astmt.excluded, f), getattr(JobAttempt, f))
+                    for f in ATTEMPT_FIELDS
+                }
+                conn.execute(
+                    astmt.on_conflict_do_update(
+                        index_elements=[JobAttempt.job_id, JobAttempt.number], set_=asets
+                    ),
+                    attempt_rows,
+                )
+
+    @_translated
+    def last_attempt_number(self, job_id: str) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.max(JobAttempt.number)).where(JobAttempt.job_id == job_id)) or 0
+
+    # --- reading ----------------------------------------------------------------------------
+    @_translated
+    def get(self, job_id: str) -> Job:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            return job
+
+    @_translated
+    def attempts(self, job_id: str) -> list[JobAttempt]:
+        with self.session() as s:
+            q = select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.number)
+            return list(s.scalars(q))
+
+    @_translated
+    def list(
+        self,
+        *,
+        status: Sequence[str] | None = None,
+        task: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        q = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
+        if status:
+            q = q.where(Job.status.in_(list(status)))
+        if task:
+            q = q.where(Job.task == task)
+        if since:
+            q = q.where(Job.created_at >= since)
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    @_translated
+    def count_by_status(self) -> dict[str, int]:
+        with self.session() as s:
+            return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).tuples())
+
+    # --- cancellation -----------------------------------------------------------------------
+    @_translated
+    def cancel(self, job_id: str) -> Job:
+        """Mark a job revoked, durably; workers drop it before it starts."""
+        now = utcnow()
+        with self.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            if JobStatus(job.status) in FINISHED:
+                raise InvalidTransition(f"job {job_id} is already {job.status}")
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=JobStatus.REVOKED, state_order=REVOKED_ORDER,
+                        cancel_requested_at=now, finished_at=now)
+            )
+            s.commit()
+            s.refresh(job)
+            return job
+
+    @_translated
+    def cancelled_since(self, since: datetime | None) -> tuple[list[str], datetime | None]:
+        """Ids of jobs cancelled after `since`, and the newest cancellation time seen."""
+        q = select(Job.id, Job.cancel_requested_at).where(Job.cancel_requested_at.is_not(None))
+        if since is not None:
+            q = q.where(Job.cancel_requested_at > since)
+        with self.session() as s:
+            rows = list(s.execute(q).tuples())
+        newest = max((r[1] for r in rows if r[1] is not None), default=since)
+        return [r[0] for r in rows], newest
+
+    # --- housekeeping -----------------------------------------------------------------------
+    @_translated
+    def prune(self, before: datetime) -> int:
+        """Delete finished jobs (and their attempts) created before `before`."""
+        with self.session() as s:
+            ids = select(Job.id).where(Job.created_at < before, Job.status.in_(list(FINISHED)))
+            s.execute(delete(JobAttempt).where(JobAttempt.job_id.in_(ids)))
+            n = s.execute(delete(Job).where(Job.id.in_(ids))).rowcount
+            s.commit()
+            return int(n or 0)
+
+    @_translated
+    def ping(self) -> None:
+        with get_engine(self.url).connect() as conn:
+            conn.exec_driver_sql("SELECT 1")

@@ -1,0 +1,23 @@
+"""Job families. Each module registers its tasks with `tasks.registry.job`."""
+
+from __future__ import annotations
+
+import importlib
+
+from tasks.registry import REGISTRY, TaskSpec, job
+
+#: Modules whose tasks every Conveyor app registers.
+TASK_MODULES = [
+    "tasks.system",
+    "tasks.maintenance",
+]
+
+
+def load_all() -> dict[str, TaskSpec]:
+    """Import every family and return the registry."""
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    return REGISTRY
+
+
+__all__ = ["REGISTRY", "TASK_MODULES", "TaskSpec", "job", "load_all"]

@@ -1,0 +1,68 @@
+"""Health of a deployment: broker and job store reachable, schema current, workers, queue depths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config import Settings, mask_url
+from tasks.registry import QUEUES
+
+#: kombu's Redis transport keeps each priority level of a queue in a list of its own.
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEPARATOR}{p}" for p in PRIORITY_STEPS]
+
+
+def queue_depths(broker_url: str, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
+    """Messages waiting in each queue (all priority levels), read straight from Redis."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for q in queues:
+            for key in queue_keys(q):
+                pipe.llen(key)
+        counts = pipe.execute()
+    finally:
+        client.close()
+    steps = len(PRIORITY_STEPS)
+    return {q: sum(counts[i * steps:(i + 1) * steps]) for i, q in enumerate(queues)}
+
+
+def check(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
+    """Check every part; never raises, reports what is down and why."""
+    from jobs.migrate import is_current
+    from jobs.store import JobStore
+
+    report: dict[str, Any] = {
+        "broker": {"url": mask_url(settings.broker_url), "ok": False},
+        "database": {"url": mask_url(settings.database_url), "ok": False},
+        "workers": [],
+        "queues": {},
+    }
+    try:
+        report["queues"] = queue_depths(settings.broker_url)
+        report["broker"]["ok"] = True
+    except Exception as exc:  # noqa: BLE001
+        report["broker"]["error"] = str(exc).splitlines()[0]
+    try:
+        JobStore(settings.database_url).ping()
+        report["database"]["ok"] = True
+        report["database"]["migrations_current"] = is_current(settings.database_url)
+    except Exception as exc:  # noqa: BLE001
+        report["database"]["error"] = str(exc).splitlines()[0]
+    if report["broker"]["ok"]:
+        from jobs.client import default_client
+
+        try:
+            replies = default_client().app.control.ping(timeout=timeout) or []
+            report["workers"] = sorted(name for reply in replies for name in reply)
+        except Exception as exc:  # noqa: BLE001
+            report["workers_error"] = str(exc).splitlines()[0]
+    report["ok"] = bool(report["broker"]["ok"] and report["database"]["ok"]
+                        and report["database"].get("migrations_current"))
+    return report

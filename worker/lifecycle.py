@@ -1,0 +1,258 @@
+"""Celery signal handlers that record each job's life in the job store.
+
+Each handler pulls the ids out of Celery's arguments, hands one record to this process's
+`Recorder` (a buffer, no I/O on the task's path) and logs, never raises, on failure.
+`connect(app)` wires them; nothing is connected at import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from celery import Celery, signals
+from celery.worker import state as worker_state
+
+from jobs.db import dispose_engines, utcnow
+from jobs.models import REVOKED_ORDER, AttemptOutcome, AttemptReason, JobStatus, state_order
+from jobs.recorder import Recorder, close_recorders, get_recorder
+from jobs.store import JobStore
+from tasks.registry import REGISTRY, redact
+
+log = logging.getLogger("conveyor.lifecycle")
+
+#: Final records sent by the worker's main process (hard time limit, unknown task), which
+#: does not know the attempt number: they outrank every attempt but not a cancellation.
+FINAL_ORDER = REVOKED_ORDER - 1
+HOST = socket.gethostname()
+MAX_RESULT_CHARS = 1_000_000
+
+
+def _safe(fn: Callable[..., None]) -> Callable[..., None]:
+    @wraps(fn)
+    def handler(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - recording must never break a job
+            log.exception("recording %s failed", fn.__name__)
+
+    return handler
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` if JSON can hold it (and it is not huge), else a string saying what it was."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return {"repr": repr(value)[:10_000]}
+    if len(text) > MAX_RESULT_CHARS:
+        return {"truncated": True, "size": len(text), "head": text[:10_000]}
+    return value
+
+
+def _error_fields(exc: BaseException | None, einfo: Any) -> dict[str, Any]:
+    if exc is None:
+        return {}
+    return {
+        "error_type": type(exc).__name__,
+        "error_message": str(exc)[:10_000],
+        "traceback": str(einfo.traceback if hasattr(einfo, "traceback") else einfo or "")[:50_000],
+    }
+
+
+def connect(app: Celery) -> None:
+    """Connect the lifecycle handlers for `app` (idempotent)."""
+    settings = app.conf.conveyor_settings
+
+    def recorder() -> Recorder:
+        return get_recorder(
+            settings.database_url, settings.record_flush_interval, settings.record_batch_size
+        )
+
+    # --- producer side: whoever publishes -------------------------------------------------
+    @_safe
+    def before_publish(sender: str | None = None, headers: dict[str, Any] | None = None,
+                       body: Any = None, **_: Any) -> None:
+        spec = REGISTRY.get(sender or "")
+        if spec is None or not spec.sensitive or headers is None or not isinstance(body, tuple):
+            return
+        headers["kwargsrepr"] = repr(spec.redact(body[1] or {}))
+
+    @_safe
+    def after_publish(sender: str | None = None, body: Any = None, routing_key: str | None = None,
+                      headers: dict[str, Any] | None = None, **_: Any) -> None:
+        if headers is None or headers.get("conveyor_recorded") or headers.get("retries"):
+            return  # recorded already by enqueue(), or a retry the worker records itself
+        args, kwargs = (body[0], body[1]) if isinstance(body, tuple) else ([], {})
+        spec = REGISTRY.get(sender or "")
+        source = headers.get("conveyor_source") or (
+            "workflow" if headers.get("parent_id") or headers.get("group") else "api"
+        )
+        recorder().job(
+            headers["id"],
+            0,
+            status=JobStatus.QUEUED,
+            task=sender,
+            queue=routing_key,
+            args=list(args),
+            kwargs=spec.redact(kwargs) if spec else kwargs,
+            source=source,
+            eta=None,
+            parent_id=headers.get("parent_id"),
+            root_id=headers.get("root_id"),
+            created_at=utcnow(),
+        )
+
+    # --- worker side: a pool child running the job ------------------------------------------
+    @_safe
+    def prerun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        req = sender.request
+        info = req.delivery_info or {}
+        if info.get("redelivered") or (req.headers or {}).get("redelivered"):
+            reason = AttemptReason.REDELIVERY
+            try:
+                attempt = JobStore(settings.database_url).last_attempt_number(task_id) + 1
+            except Exception:  # noqa: BLE001 - database down: best guess, recorded anyway
+                attempt = req.retries + 2
+        elif req.retries:
+            reason, attempt = AttemptReason.RETRY, req.retries + 1
+        else:
+            attempt = 1
+            reason = AttemptReason.MANUAL_RETRY if getattr(req, "conveyor_retry_of", None) else AttemptReason.FIRST_RUN
+        now = utcnow()
+        req.conveyor_attempt = attempt
+        req.conveyor_started = time.monotonic()
+        rec = recorder()
+        rec.job(task_id, state_order(JobStatus.STARTED, attempt), status=JobStatus.STARTED,
+                task=sender.name, queue=info.get("routing_key"), started_at=now, worker=HOST,
+                attempts=attempt)
+        rec.attempt(task_id, attempt, reason=reason, worker=HOST, pid=os.getpid(),
+                    started_at=now, outcome=AttemptOutcome.RUNNING)
+
+    def _finish(sender: Any, task_id: str, status: JobStatus, outcome: AttemptOutcome,
+                **fields: Any) -> None:
+        req = sender.request
+        now = utcnow()
+        if req.id == task_id and getattr(req, "conveyor_attempt", None):
+            attempt = req.conveyor_attempt
+            order = state_order(status, attempt)
+            runtime = time.monotonic() - req.conveyor_started
+            recorder().attempt(task_id, attempt, finished_at=now, outcome=outcome,
+                               error=fields.get("error_message"))
+        else:  # the main process, after the pool child is gone
+            attempt, order, runtime = None, FINAL_ORDER, None
+        if status is JobStatus.RETRYING:
+            recorder().job(task_id, order, status=status, **fields)
+        else:
+            recorder().job(task_id, order, status=status, finished_at=now, runtime=runtime,
+                           attempts=attempt, **fields)
+
+    @_safe
+    def success(sender: Any = None, result: Any = None, **_: Any) -> None:
+        _finish(sender, sender.request.id, JobStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED,
+                result=_jsonable(result))
+
+    @_safe
+    def retry(sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None,
+              **_: Any) -> None:
+        exc = reason if isinstance(reason, BaseException) else None
+        _finish(sender, request.id, JobStatus.RETRYING, AttemptOutcome.RETRIED,
+                **_error_fields(getattr(exc, "exc", None) or exc, einfo))
+
+    @_safe
+    def failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+                einfo: Any = None, **_: Any) -> None:
+        is_dead = getattr(sender, "is_dead", None)
+        dead = bool(is_dead and sender.request.id == task_id and is_dead(exception))
+        _finish(sender, task_id or "", JobStatus.DEAD if dead else JobStatus.FAILED,
+                AttemptOutcome.DEAD if dead else AttemptOutcome.FAILED,
+                **_error_fields(exception, einfo))
+
+    # --- worker side: the main process ------------------------------------------------------
+    @_safe
+    def revoked(request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
+        why = "expired" if expired else "terminated" if terminated else "cancelled"
+        recorder().job(request.id, REVOKED_ORDER, status=JobStatus.REVOKED, finished_at=utcnow(),
+                       error_type="Revoked", error_message=why)
+
+    @_safe
+    def unknown(sender: Any = None, name: str | None = None, id: str | None = None,
+                exc: BaseException | None = None, **_: Any) -> None:
+        if id:
+            recorder().job(id, FINAL_ORDER, status=JobStatus.FAILED, task=name,
+                           finished_at=utcnow(), error_type="UnknownTask",
+                           error_message=f"no task {name!r} is registered on this worker")
+
+    def process_init(**_: Any) -> None:
+        dispose_engines()  # never reuse a pool inherited across fork
+
+    def process_shutdown(**_: Any) -> None:
+        close_recorders()  # pool children leave through os._exit: atexit would not run
+
+    def worker_ready(sender: Any = None, **_: Any) -> None:
+        watcher = CancellationWatcher(JobStore(settings.database_url), settings.cancel_poll_interval,
+                                      timedelta(seconds=settings.visibility_timeout))
+        watcher.start()
+
+    def worker_shutdown(**_: Any) -> None:
+        close_recorders()
+
+    for signal, handler in [
+        (signals.before_task_publish, before_publish),
+        (signals.after_task_publish, after_publish),
+        (signals.task_prerun, prerun),
+        (signals.task_success, success),
+        (signals.task_retry, retry),
+        (signals.task_failure, failure),
+        (signals.task_revoked, revoked),
+        (signals.task_unknown, unknown),
+        (signals.worker_process_init, process_init),
+        (signals.worker_process_shutdown, process_shutdown),
+        (signals.worker_ready, worker_ready),
+        (signals.worker_shutdown, worker_shutdown),
+    ]:
+        signal.connect(handler, weak=False, dispatch_uid=f"conveyor.{handler.__name__}")
+
+
+class CancellationWatcher:
+    """Keeps the worker's revoked set in step with cancellations stored in the job store.
+
+    Celery's own revokes live in worker memory and vanish on restart; a cancellation in the
+    job store holds. The worker's main process checks its revoked set before it hands a job
+    to the pool, so loading stored cancellations there stops them without a per-job query.
+    """
+
+    def __init__(self, store: JobStore, interval: float, horizon: timedelta) -> None:
+        self.store = store
+        self.interval = interval
+        self.horizon = horizon
+        self.since = None
+
+    def poll(self) -> int:
+        since = self.since or utcnow() - self.horizon
+        ids, self.since = self.store.cancelled_since(since)
+        self.since = self.since or since
+        for job_id in ids:
+            worker_state.revoked.add(job_id)
+        return len(ids)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                n = self.poll()
+                if n:
+                    log.info("loaded %d cancellations from the job store", n)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not read cancellations: %s", exc)
+            time.sleep(self.interval)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="conveyor-cancellations", daemon=True).start()
