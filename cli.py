@@ -20,8 +20,13 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Command groups that job families contribute, as "module:attribute".
-FAMILY_COMMANDS: list[str] = []
+#: Commands that job families and the other parts contribute, as "module:attribute".
+FAMILY_COMMANDS: list[str] = [
+    "tasks.email.cli:email",
+    "tasks.analysis.cli:analyze",
+    "tasks.reconciliation.cli:recon",
+    "scheduler.cli:schedule",
+]
 
 EXIT_INVALID = 2
 EXIT_UNAVAILABLE = 3

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # Task events are buffered and flushed this often (Flower still sees every event).
     event_flush_interval: float = Field(default=0.1, ge=0)
 
-    # SMTP, for the email family.
+    # --- email family -------------------------------------------------------------------
     smtp_host: str = "localhost"
     smtp_port: int = 25
     smtp_user: str | None = None
@@ -60,6 +60,36 @@ class Settings(BaseSettings):
     smtp_ssl: bool = False
     smtp_timeout: float = 30.0
     mail_from: str = "Conveyor <conveyor@localhost>"
+    templates_dir: Path | None = Field(default=None, description="extra mail templates; shipped ones always")
+    email_rate_limit: float = Field(default=10.0, gt=0, description="messages per second, all workers")
+    attachment_max_bytes: int = Field(default=10_000_000, ge=1)
+    # --- end email family ---------------------------------------------------------------
+
+    # --- analysis family ----------------------------------------------------------------
+    analysis_memory_limit: str = "1GB"
+    analysis_threads: int = Field(default=2, ge=1)
+    analysis_max_result_rows: int = Field(default=1000, ge=1, description="rows kept with the job")
+    # --- end analysis family ------------------------------------------------------------
+
+    # --- reconciliation family ----------------------------------------------------------
+    recon_date_tolerance_days: int = Field(default=3, ge=0)
+    recon_notify_threshold: int = Field(default=1, ge=0, description="discrepancies that trigger mail")
+    # --- end reconciliation family ------------------------------------------------------
+
+    # --- scheduler ----------------------------------------------------------------------
+    beat_lock_ttl: float = Field(default=10.0, gt=0, description="seconds the leader lock lives")
+    beat_sync_interval: float = Field(default=1.0, gt=0, description="seconds between schedule reloads")
+    # --- end scheduler ------------------------------------------------------------------
+
+    # --- monitoring ---------------------------------------------------------------------
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_url_prefix: str = ""
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    flower_db: Path = Path("var/flower.db")
+    flower_max_tasks: int = 10_000
+    # --- end monitoring -----------------------------------------------------------------
 
     @field_validator("data_dir", "results_dir")
     @classmethod

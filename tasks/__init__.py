@@ -10,6 +10,9 @@ from tasks.registry import REGISTRY, TaskSpec, job
 TASK_MODULES = [
     "tasks.system",
     "tasks.maintenance",
+    "tasks.email",
+    "tasks.analysis",
+    "tasks.reconciliation",
 ]
 
 

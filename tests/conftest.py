@@ -30,6 +30,8 @@ import redis as redis_lib
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+#: The broker's Redis database; results use the one below it. Flushed around each test.
+REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", "15"))
 PG_URL = os.environ.get("CONVEYOR_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -59,10 +61,10 @@ def redis_base() -> str:
 @pytest.fixture
 def redis_url(redis_base: str) -> Iterator[str]:
     """A broker URL on a Redis database flushed before and after the test."""
-    url = f"{redis_base}/15"
+    url = f"{redis_base}/{REDIS_DB}"
     client = redis_lib.Redis.from_url(url)
     client.flushdb()
-    redis_lib.Redis.from_url(f"{redis_base}/14").flushdb()
+    redis_lib.Redis.from_url(f"{redis_base}/{REDIS_DB - 1}").flushdb()
     yield url
     client.flushdb()
     client.close()
@@ -233,7 +235,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Any]:
 @pytest.fixture
 def settings(make_settings: Callable[..., Any], redis_url: str, database_url: str) -> Any:
     """Settings on the test Redis and the (parametrized) test database."""
-    return make_settings(broker_url=redis_url, result_backend=redis_url.rsplit("/", 1)[0] + "/14",
+    return make_settings(broker_url=redis_url, result_backend=redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB - 1}",
                          database_url=database_url)
 
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 from functools import wraps
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, current_app, signals
 from celery.worker import state as worker_state
 
 from jobs.db import dispose_engines, utcnow
@@ -68,14 +68,21 @@ def _error_fields(exc: BaseException | None, einfo: Any) -> dict[str, Any]:
     }
 
 
-def connect(app: Celery) -> None:
-    """Connect the lifecycle handlers for `app` (idempotent)."""
-    settings = app.conf.conveyor_settings
+def _settings(sender: Any = None) -> Any:
+    """The settings of the app at hand: the task's own, or (for publish signals, which only
+    name the task) the current app's, which is the one app of a normal process."""
+    app = getattr(sender, "app", None) or current_app
+    return app.conf.conveyor_settings
 
-    def recorder() -> Recorder:
-        return get_recorder(
-            settings.database_url, settings.record_flush_interval, settings.record_batch_size
-        )
+
+def _recorder(sender: Any = None) -> Recorder:
+    s = _settings(sender)
+    return get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size)
+
+
+def connect(app: Celery) -> None:
+    """Connect the lifecycle handlers (once per process; they find each app's settings)."""
+    recorder = _recorder
 
     # --- producer side: whoever publishes -------------------------------------------------
     @_safe
@@ -119,7 +126,7 @@ def connect(app: Celery) -> None:
         if info.get("redelivered") or (req.headers or {}).get("redelivered"):
             reason = AttemptReason.REDELIVERY
             try:
-                attempt = JobStore(settings.database_url).last_attempt_number(task_id) + 1
+                attempt = JobStore(_settings(sender).database_url).last_attempt_number(task_id) + 1
             except Exception:  # noqa: BLE001 - database down: best guess, recorded anyway
                 attempt = req.retries + 2
         elif req.retries:
@@ -130,7 +137,7 @@ def connect(app: Celery) -> None:
         now = utcnow()
         req.conveyor_attempt = attempt
         req.conveyor_started = time.monotonic()
-        rec = recorder()
+        rec = recorder(sender)
         rec.job(task_id, state_order(JobStatus.STARTED, attempt), status=JobStatus.STARTED,
                 task=sender.name, queue=info.get("routing_key"), started_at=now, worker=HOST,
                 attempts=attempt)
@@ -145,14 +152,14 @@ def connect(app: Celery) -> None:
             attempt = req.conveyor_attempt
             order = state_order(status, attempt)
             runtime = time.monotonic() - req.conveyor_started
-            recorder().attempt(task_id, attempt, finished_at=now, outcome=outcome,
+            recorder(sender).attempt(task_id, attempt, finished_at=now, outcome=outcome,
                                error=fields.get("error_message"))
         else:  # the main process, after the pool child is gone
             attempt, order, runtime = None, FINAL_ORDER, None
         if status is JobStatus.RETRYING:
-            recorder().job(task_id, order, status=status, **fields)
+            recorder(sender).job(task_id, order, status=status, **fields)
         else:
-            recorder().job(task_id, order, status=status, finished_at=now, runtime=runtime,
+            recorder(sender).job(task_id, order, status=status, finished_at=now, runtime=runtime,
                            attempts=attempt, **fields)
 
     @_safe
@@ -178,9 +185,9 @@ def connect(app: Celery) -> None:
 
     # --- worker side: the main process ------------------------------------------------------
     @_safe
-    def revoked(request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
+    def revoked(sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
         why = "expired" if expired else "terminated" if terminated else "cancelled"
-        recorder().job(request.id, REVOKED_ORDER, status=JobStatus.REVOKED, finished_at=utcnow(),
+        recorder(sender).job(request.id, REVOKED_ORDER, status=JobStatus.REVOKED, finished_at=utcnow(),
                        error_type="Revoked", error_message=why)
 
     @_safe
@@ -198,6 +205,7 @@ def connect(app: Celery) -> None:
         close_recorders()  # pool children leave through os._exit: atexit would not run
 
     def worker_ready(sender: Any = None, **_: Any) -> None:
+        settings = sender.app.conf.conveyor_settings
         watcher = CancellationWatcher(JobStore(settings.database_url), settings.cancel_poll_interval,
                                       timedelta(seconds=settings.visibility_timeout))
         watcher.start()

@@ -1,0 +1,1 @@
+"""Analysis jobs: profiles, aggregates, anomalies and reports over CSV/Parquet/JSON-lines data."""

@@ -1,0 +1,1 @@
+"""Email jobs: templated mail over SMTP, sent exactly once, campaigns with a global rate limit."""

@@ -1,0 +1,1 @@
+"""Reconciliation jobs: match a payments ledger against bank and processor statements."""
