@@ -24,8 +24,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 FAMILY_COMMANDS: list[str] = [
     "tasks.email.cli:email",
     "tasks.analysis.cli:analyze",
+    "tasks.reconciliation.cli:reconcile",
     "tasks.reconciliation.cli:recon",
     "scheduler.cli:schedule",
+    "scheduler.cli:beat",
+    "worker.cli:up",
+    "worker.cli:flower",
+    "worker.cli:stats",
 ]
 
 EXIT_INVALID = 2

@@ -38,6 +38,8 @@ class TaskSpec:
     safe_to_repeat: bool = True
     #: A payload that works out of the box (with the sample data); `make demo` runs it.
     example: dict[str, Any] | None = None
+    #: A `worker.ratelimit` limit shared by all workers (global, or per key of the payload).
+    rate_limit: Any = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def redact(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +70,7 @@ def job(
     max_retries: int | None = None,
     safe_to_repeat: bool = True,
     example: dict[str, Any] | None = None,
+    rate_limit: Any = None,
     **options: Any,
 ) -> Callable[[F], F]:
     """Register `fn(task, data)` as the task `name`, taking `input` as its payload.
@@ -89,6 +92,7 @@ def job(
             max_retries=max_retries,
             safe_to_repeat=safe_to_repeat,
             example=example,
+            rate_limit=rate_limit,
             options=options,
         )
         return fn

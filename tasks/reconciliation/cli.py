@@ -6,3 +6,8 @@ import click
 @click.group()
 def recon() -> None:
     """Look at reconciliation runs."""
+
+
+@click.command()
+def reconcile() -> None:
+    """Reconcile a ledger against a statement."""
