@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -24,6 +25,10 @@ class Settings(BaseSettings):
     # Seconds a message may stay unacknowledged before Redis hands it out again. It must
     # outlast the longest job plus the longest countdown a job may be given.
     visibility_timeout: int = Field(default=6 * 3600, ge=60)
+
+    #: Modules of the application's own tasks, imported by every worker and client
+    #: (comma-separated in the environment: CONVEYOR_TASK_MODULES=myapp.tasks,myapp.billing).
+    task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     data_dir: Path = Path("data")
     results_dir: Path = Path("results")
@@ -90,6 +95,13 @@ class Settings(BaseSettings):
     flower_db: Path = Path("var/flower.db")
     flower_max_tasks: int = 10_000
     # --- end monitoring -----------------------------------------------------------------
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
 
     @field_validator("data_dir", "results_dir")
     @classmethod

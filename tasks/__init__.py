@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 
 from tasks.registry import REGISTRY, TaskSpec, job
 
@@ -16,9 +17,9 @@ TASK_MODULES = [
 ]
 
 
-def load_all() -> dict[str, TaskSpec]:
-    """Import every family and return the registry."""
-    for module in TASK_MODULES:
+def load_all(extra: Iterable[str] = ()) -> dict[str, TaskSpec]:
+    """Import every family (and the application's own task modules) and return the registry."""
+    for module in (*TASK_MODULES, *extra):
         importlib.import_module(module)
     return REGISTRY
 

@@ -212,6 +212,8 @@ def settings_env(settings: Any) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
         env[f"CONVEYOR_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 

@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, *, patch: bool = True) -> Celer
     app = Celery("conveyor", set_as_current=True)
     app.conf.update(celery_config(settings))
     app.conf.conveyor_settings = settings
-    for spec in load_all().values():
+    for spec in load_all(settings.task_modules).values():
         options = {
             "name": spec.name,
             "base": ConveyorTask,
