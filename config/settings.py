@@ -94,6 +94,25 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = None
     flower_db: Path = Path("var/flower.db")
     flower_max_tasks: int = 10_000
+    #: Keep Flower's task history across restarts (saved to flower_db on exit and every
+    #: flower_state_save_interval seconds, so a crash loses at most that much).
+    flower_persistent: bool = True
+    flower_state_save_interval: float = Field(default=60.0, ge=0, description="seconds; 0: on exit only")
+    flower_purge_offline_workers: int | None = Field(default=3600, ge=1, description="seconds")
+    # Flower's OAuth login instead of (or with) basic auth: a regexp of allowed e-mails, and
+    # the provider's handler (e.g. flower.views.auth.GithubLoginHandler) and app credentials.
+    flower_auth: str | None = None
+    flower_auth_provider: str | None = None
+    flower_oauth2_key: str | None = None
+    flower_oauth2_secret: SecretStr | None = None
+    flower_oauth2_redirect_uri: str | None = None
+    flower_cookie_secret: SecretStr | None = Field(default=None, description="keeps OAuth sessions across restarts")
+    # `conveyor up`: how many worker processes (each with worker_concurrency children), how
+    # long a part may take to answer, how long running jobs get to finish at shutdown.
+    up_workers: int = Field(default=1, ge=1, le=32)
+    up_start_timeout: float = Field(default=60.0, gt=0, description="seconds")
+    up_shutdown_timeout: float = Field(default=300.0, gt=0, description="seconds")
+    up_restart_backoff_max: float = Field(default=60.0, ge=1, description="seconds")
     # --- end monitoring -----------------------------------------------------------------
 
     @field_validator("task_modules", mode="before")

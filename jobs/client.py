@@ -81,8 +81,10 @@ class Job:
     client: Client | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_row(cls, row: JobRow, client: Client | None = None) -> Job:
+    def from_row(cls, row: JobRow | Mapping[str, Any], client: Client | None = None) -> Job:
         names = {f.name for f in fields(cls)} - {"client"}
+        if isinstance(row, Mapping):
+            return cls(**{n: row[n] for n in names if n in row}, client=client)
         return cls(**{n: getattr(row, n) for n in names}, client=client)
 
     @property
@@ -148,10 +150,6 @@ class Client:
             raise InvalidInput(f"the payload of {task_name} must be a JSON object")
         data = dict(payload or {})
         try:
-            spec.input.model_validate(data)
-        except ValidationError as exc:
-            raise PayloadInvalid(task_name, exc.errors(include_url=False)) from None
-        try:
             size = len(json.dumps(data))
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"the payload of {task_name} is not JSON: {exc}") from None
@@ -159,6 +157,10 @@ class Client:
             raise PayloadTooLarge(
                 f"the payload of {task_name} is {size} bytes; the limit is {self.settings.max_payload_bytes}"
             )
+        try:
+            spec.input.model_validate(data)
+        except ValidationError as exc:
+            raise PayloadInvalid(task_name, exc.errors(include_url=False)) from None
         return data
 
     @staticmethod
@@ -254,14 +256,9 @@ class Client:
             for d in datas
         ]
         self.store.create_many(rows)
-        task = self.app.tasks[task_name]
-        headers = self._headers(source, None)
         try:
-            with self.app.producer_or_acquire() as producer, producer.batch(max_size=batch_size):
-                for row, data in zip(rows, datas):
-                    task.apply_async(kwargs=data, task_id=row["id"], queue=row["queue"],
-                                     priority=priority, headers=headers, producer=producer,
-                                     retry=False)
+            self._publish_many(spec, rows, datas, priority=priority, source=source,
+                               batch_size=batch_size)
         except KombuOperationalError as exc:
             raise BrokerUnavailable(
                 f"broker {mask_url(self.settings.broker_url)} is unreachable: {exc}; "
@@ -270,6 +267,38 @@ class Client:
         return [Job(id=r["id"], task=task_name, status=JobStatus.QUEUED, queue=r["queue"],
                     source=source, kwargs=r["kwargs"], created_at=r["created_at"], client=self)
                 for r in rows]
+
+    def _publish_many(self, spec: TaskSpec, rows: list[dict[str, Any]], datas: list[dict[str, Any]],
+                      *, priority: int | None, source: str, batch_size: int) -> None:
+        """Publish through Celery's own message path, pipelined, with two savings over a loop of
+        `apply_async`: each queue is declared once instead of per message, and the task-sent
+        events (what Flower shows as "sent") go out in batches of `batch_size` as Celery's
+        buffered `task.multi` events instead of one PUBLISH each."""
+        amqp = self.app.amqp
+        headers = self._headers(source, None)
+        sent = _CollectedEvents()
+        declared: set[str] = set()
+        with self.app.producer_or_acquire() as producer:
+            with producer.batch(max_size=batch_size):
+                for row, data in zip(rows, datas):
+                    queue = amqp.queues[row["queue"]]
+                    if queue.name not in declared:
+                        queue.declare(channel=producer.channel)
+                        declared.add(queue.name)
+                    message = amqp.create_task_message(
+                        row["id"], spec.name, (), data, argsrepr="()", kwargsrepr=repr(row["kwargs"]),
+                        create_sent_event=self.app.conf.task_send_sent_event, root_id=row["id"],
+                    )
+                    amqp.send_task_message(producer, spec.name, message, queue=queue, declare=[],
+                                           retry=False, event_dispatcher=sent, headers=dict(headers),
+                                           priority=priority)
+            if sent.events:
+                dispatcher = self.app.events.Dispatcher(producer.connection, buffer_group=["task"],
+                                                        buffer_limit=batch_size)
+                with dispatcher:
+                    for fields in sent.events:
+                        dispatcher.send("task-sent", **fields)
+                    dispatcher.flush()
 
     # --- reading ---------------------------------------------------------------------------
     def get_job(self, job_id: str) -> Job:
@@ -310,6 +339,16 @@ class Client:
             )
         return self.enqueue(spec.name, old.kwargs or {}, queue=old.queue, priority=old.priority,
                             source=old.source or "api", retry_of=job_id)
+
+
+class _CollectedEvents:
+    """Stands in for Celery's event dispatcher in `send_task_message`: keeps the sent events."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def publish(self, type: str, fields: dict[str, Any], producer: Any, **_: Any) -> None:
+        self.events.append(fields)
 
 
 _default: Client | None = None

@@ -58,22 +58,22 @@ class JobStore:
 
     # --- enqueue --------------------------------------------------------------------------
     @_translated
-    def create(self, row: dict[str, Any]) -> tuple[Job, bool]:
-        """Insert a queued job. With an idempotency key already taken, return that job instead."""
-        with self.session() as s:
-            try:
-                s.execute(insert(Job).values(**row, state_order=0))
-                s.commit()
-            except IntegrityError:
-                s.rollback()
-                key = row.get("idempotency_key")
-                existing = s.scalar(select(Job).where(Job.idempotency_key == key)) if key else None
-                if existing is None:
-                    raise
-                return existing, False
-            job = s.get(Job, row["id"])
-            assert job is not None
-            return job, True
+    def create(self, row: dict[str, Any]) -> tuple[dict[str, Any] | Job, bool]:
+        """Insert a queued job (one Core INSERT, no ORM round trip) and return `(row, True)`.
+        With an idempotency key already taken, return `(that job, False)` instead."""
+        try:
+            with get_engine(self.url).begin() as conn:
+                conn.execute(insert(Job), [{**row, "state_order": 0}])
+            return row, True
+        except IntegrityError:
+            key = row.get("idempotency_key")
+            if not key:
+                raise
+            with self.session() as s:
+                existing = s.scalar(select(Job).where(Job.idempotency_key == key))
+            if existing is None:  # the holder was deleted in between: try once more
+                return self.create(row)
+            return existing, False
 
     @_translated
     def create_many(self, rows: Sequence[dict[str, Any]]) -> None:

@@ -38,7 +38,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower sees the whole life cycle.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_track_started": True,
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         "task_default_queue": DEFAULT_QUEUE,
         "task_default_exchange": DEFAULT_QUEUE,

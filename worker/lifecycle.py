@@ -204,10 +204,16 @@ def connect(app: Celery) -> None:
     def process_shutdown(**_: Any) -> None:
         close_recorders()  # pool children leave through os._exit: atexit would not run
 
-    def worker_ready(sender: Any = None, **_: Any) -> None:
+    def worker_init(sender: Any = None, **_: Any) -> None:
+        # Before the consumer takes its first message: a job cancelled while no worker ran
+        # must already be in the revoked set when its message arrives.
         settings = sender.app.conf.conveyor_settings
         watcher = CancellationWatcher(JobStore(settings.database_url), settings.cancel_poll_interval,
                                       timedelta(seconds=settings.visibility_timeout))
+        try:
+            watcher.poll()
+        except Exception as exc:  # noqa: BLE001 - a database outage must not stop the worker
+            log.warning("could not read cancellations at start: %s", exc)
         watcher.start()
 
     def worker_shutdown(**_: Any) -> None:
@@ -224,7 +230,7 @@ def connect(app: Celery) -> None:
         (signals.task_unknown, unknown),
         (signals.worker_process_init, process_init),
         (signals.worker_process_shutdown, process_shutdown),
-        (signals.worker_ready, worker_ready),
+        (signals.worker_init, worker_init),
         (signals.worker_shutdown, worker_shutdown),
     ]:
         signal.connect(handler, weak=False, dispatch_uid=f"conveyor.{handler.__name__}")
