@@ -137,6 +137,7 @@ def connect(app: Celery) -> None:
         now = utcnow()
         req.conveyor_attempt = attempt
         req.conveyor_started = time.monotonic()
+        req.conveyor_started_at = now
         rec = recorder(sender)
         rec.job(task_id, state_order(JobStatus.STARTED, attempt), status=JobStatus.STARTED,
                 task=sender.name, queue=info.get("routing_key"), started_at=now, worker=HOST,
@@ -152,6 +153,8 @@ def connect(app: Celery) -> None:
             attempt = req.conveyor_attempt
             order = state_order(status, attempt)
             runtime = time.monotonic() - req.conveyor_started
+            # Each record carries its attempt's identity, so it never pairs with an older one's.
+            fields = {"worker": HOST, "started_at": req.conveyor_started_at, **fields}
             recorder(sender).attempt(task_id, attempt, finished_at=now, outcome=outcome,
                                error=fields.get("error_message"))
         else:  # the main process, after the pool child is gone

@@ -1,0 +1,75 @@
+"""The two performance changes still do what they say on this Celery and kombu."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from kombu import Connection
+
+from worker import patches
+
+
+def test_versions_are_the_tested_ones():
+    import celery
+    import kombu
+
+    assert patches._tested("celery", celery.__version__), "re-run bench/throughput.py and the tests"
+    assert patches._tested("kombu", kombu.__version__), "re-run bench/throughput.py and the tests"
+
+
+def test_redis_channel_reuses_one_client_per_pool(redis_url):
+    assert patches.reuse_redis_clients()
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as a, channel.conn_or_acquire() as b:
+            assert a is b and a.connection_pool is channel.pool
+            a.set("conveyor:patch", "1")
+        channel._disconnect_pools()  # what kombu does after a fork or reconnect
+        with channel.conn_or_acquire() as c:
+            assert c is not a and c.connection_pool is channel.pool
+            assert c.get("conveyor:patch") == b"1"
+
+
+def test_app_uses_the_batching_consumer(app):
+    assert app.conf.worker_consumer == "worker.patches:EventBatchingConsumer"
+    from celery.utils.imports import symbol_by_name
+
+    consumer = symbol_by_name(app.conf.worker_consumer)
+    assert hasattr(consumer, "on_send_event_buffered") and hasattr(consumer, "_flush_events")
+
+
+def test_every_task_event_still_reaches_a_monitor(app, client, settings, start_worker):
+    """What Flower does (Celery's EventReceiver) still gets all four events of every job."""
+    start_worker(settings)
+    seen: dict[str, set[str]] = {}
+    ready = threading.Event()
+
+    def listen() -> None:
+        with app.connection_for_read() as conn:
+            recv = app.events.Receiver(conn, handlers={"*": lambda e: seen.setdefault(
+                e.get("uuid", ""), set()).add(e["type"])})
+            ready.set()
+            try:
+                recv.capture(limit=None, timeout=20, wakeup=False)
+            except Exception:  # noqa: BLE001 - the socket timeout ends the capture
+                pass
+
+    threading.Thread(target=listen, daemon=True).start()
+    ready.wait(5)
+    time.sleep(0.5)
+    jobs = client.enqueue_many("system.ping", [{"message": str(i)} for i in range(100)])
+    for j in jobs:
+        j.wait(timeout=60)
+    wanted = {"task-sent", "task-received", "task-started", "task-succeeded"}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(wanted <= seen.get(j.id, set()) for j in jobs):
+        time.sleep(0.1)
+    missing = [j.id for j in jobs if not wanted <= seen.get(j.id, set())]
+    assert missing == [], f"{len(missing)} jobs lack events, e.g. {seen.get(missing[0])}"
+
+
+@pytest.mark.parametrize("version,ok", [("5.7.0", True), ("5.7.9", True), ("5.8.0", False), ("6.0", False)])
+def test_untested_versions_are_refused(version, ok):
+    assert patches._tested("kombu", version) is ok

@@ -1,0 +1,115 @@
+"""The job store on SQLite and PostgreSQL: migrations match the models; records commute."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from jobs.db import Base, get_engine, utcnow
+from jobs.migrate import downgrade, head_revisions, is_current, upgrade
+from jobs.models import JobStatus, state_order
+from jobs.recorder import Recorder
+from jobs.store import JobStore
+
+
+def test_upgrade_head_matches_the_models_and_downgrade_works(database_url):
+    import jobs.schema  # noqa: F401 - every table on the metadata
+
+    with get_engine(database_url).connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], f"models and migrations disagree: {diff}"
+    assert is_current(database_url) and head_revisions(database_url)
+    downgrade(database_url, "base")
+    tables = set(sa.inspect(get_engine(database_url)).get_table_names()) - {"alembic_version"}
+    assert tables == set()
+    upgrade(database_url)
+    assert is_current(database_url)
+
+
+def _records(job_id: str, now):
+    """The records three processes send about one job that failed once, then succeeded."""
+    queued = {"id": job_id, "state_order": 0, "status": JobStatus.QUEUED, "task": "system.ping",
+              "kwargs": {"a": 1}, "source": "api", "created_at": now}
+    started1 = {"id": job_id, "state_order": state_order(JobStatus.STARTED, 1),
+                "status": JobStatus.STARTED, "started_at": now + timedelta(seconds=1), "attempts": 1,
+                "worker": "a"}
+    retrying = {"id": job_id, "state_order": state_order(JobStatus.RETRYING, 1),
+                "status": JobStatus.RETRYING, "error_message": "boom", "worker": "a",
+                "started_at": now + timedelta(seconds=1)}
+    started2 = {"id": job_id, "state_order": state_order(JobStatus.STARTED, 2),
+                "status": JobStatus.STARTED, "started_at": now + timedelta(seconds=3), "attempts": 2,
+                "worker": "b"}
+    done = {"id": job_id, "state_order": state_order(JobStatus.SUCCEEDED, 2),
+            "status": JobStatus.SUCCEEDED, "finished_at": now + timedelta(seconds=4), "result": [1, 2],
+            "worker": "b", "started_at": now + timedelta(seconds=3)}
+    return [queued, started1, retrying, started2, done]
+
+
+def test_lifecycle_records_commute_in_any_order(database_url):
+    store = JobStore(database_url)
+    now = utcnow()
+    orders = list(itertools.permutations(range(5)))
+    random.Random(7).shuffle(orders)
+    for n, order in enumerate(orders[:25]):
+        recs = _records(f"job-{n}", now)
+        for i in order:
+            store.apply([recs[i]], [])
+        job = store.get(f"job-{n}")
+        assert (job.status, job.attempts, job.worker, job.result, job.kwargs, job.source) == (
+            JobStatus.SUCCEEDED, 2, "b", [1, 2], {"a": 1}, "api"), order
+        assert job.started_at == now + timedelta(seconds=3) and job.created_at == now
+
+
+def test_cancellation_outranks_everything(database_url):
+    store = JobStore(database_url)
+    now = utcnow()
+    recs = _records("c", now)
+    store.apply([recs[0]], [])
+    store.cancel("c")
+    store.apply(recs[1:], [])
+    assert store.get("c").status == JobStatus.REVOKED
+    ids, newest = store.cancelled_since(now - timedelta(seconds=1))
+    assert ids == ["c"] and newest is not None
+
+
+def test_recorder_keeps_records_while_the_store_fails(tmp_path):
+    url = f"sqlite:///{tmp_path / 'later.db'}"
+    rec = Recorder(JobStore(url), interval=10)
+    for r in _records("x", utcnow()):
+        rec.job(r.pop("id"), r.pop("state_order"), **r)
+    assert rec.pending == 1  # merged into one record
+    assert rec.flush() is False  # no tables yet: the write fails, the record is kept
+    assert rec.pending == 1
+    upgrade(url)
+    assert rec.flush() is True and rec.pending == 0
+    job = JobStore(url).get("x")
+    assert job.status == JobStatus.SUCCEEDED and job.kwargs == {"a": 1}
+
+
+def test_prune_deletes_only_old_finished_jobs(database_url):
+    store = JobStore(database_url)
+    old = utcnow() - timedelta(days=40)
+    store.apply([{"id": "old-done", "state_order": 3, "status": JobStatus.SUCCEEDED, "created_at": old},
+                 {"id": "old-queued", "state_order": 0, "status": JobStatus.QUEUED, "created_at": old},
+                 {"id": "new-done", "state_order": 3, "status": JobStatus.SUCCEEDED,
+                  "created_at": utcnow()}],
+                [{"job_id": "old-done", "number": 1, "outcome": "succeeded"}])
+    assert store.prune(utcnow() - timedelta(days=30)) == 1
+    assert {j.id for j in store.list(limit=10)} == {"old-queued", "new-done"}
+    assert store.attempts("old-done") == []
+
+
+def test_unreachable_database_is_a_typed_error():
+    from jobs.errors import StoreUnavailable
+    from tests.conftest import free_port
+
+    store = JobStore(f"postgresql://u:secret@127.0.0.1:{free_port()}/x")
+    with pytest.raises(StoreUnavailable) as err:
+        store.get("anything")
+    assert "secret" not in str(err.value) and "u:***@127.0.0.1" in str(err.value)
