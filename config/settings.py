@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     job_retention_days: int = Field(default=30, ge=1)
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
 
+    # Lost-worker recovery: each worker claims the messages it holds every `heartbeat` seconds
+    # (the claim lives `node_ttl`); a message unacknowledged for `min_age` that no live worker
+    # claims goes back to its queue. None of this shortens the visibility timeout.
+    recovery_heartbeat_interval: float = Field(default=2.0, gt=0)
+    recovery_node_ttl: float = Field(default=30.0, gt=0)
+    recovery_sweep_interval: float = Field(default=10.0, gt=0)
+    recovery_min_age: float = Field(default=30.0, gt=0)
+    #: A job redelivered after a lost worker more often than this is quarantined as dead.
+    max_redeliveries: int = Field(default=3, ge=1)
+
     # Task events are buffered and flushed this often (Flower still sees every event).
     event_flush_interval: float = Field(default=0.1, ge=0)
 
@@ -68,22 +78,53 @@ class Settings(BaseSettings):
     templates_dir: Path | None = Field(default=None, description="extra mail templates; shipped ones always")
     email_rate_limit: float = Field(default=10.0, gt=0, description="messages per second, all workers")
     attachment_max_bytes: int = Field(default=10_000_000, ge=1)
+    #: Verify the SMTP server's certificate (STARTTLS and implicit TLS); a private CA may be given.
+    smtp_verify: bool = True
+    smtp_ca_file: Path | None = None
+    smtp_keepalive: float = Field(default=30.0, ge=0, description="seconds an idle connection is reused; 0: one per message")
+    email_domain_rate_limit: float | None = Field(default=None, gt=0, description="messages per second per recipient domain")
+    email_max_recipients: int = Field(default=100, ge=1, description="to + cc + bcc of one message")
     # --- end email family ---------------------------------------------------------------
 
     # --- analysis family ----------------------------------------------------------------
     analysis_memory_limit: str = "1GB"
     analysis_threads: int = Field(default=2, ge=1)
     analysis_max_result_rows: int = Field(default=1000, ge=1, description="rows kept with the job")
+    #: DuckDB spills to disk (in this directory, or the system's temp dir) past the memory limit.
+    analysis_spill: bool = True
+    analysis_spill_dir: Path | None = None
+    analysis_max_spill: str = Field(default="100GB", description="disk a query may spill to")
+    #: The profile counts distinct values exactly up to this many per column, then estimates.
+    analysis_exact_distinct_limit: int = Field(default=10_000, ge=0)
+    #: Quantiles (median, p95, profile percentiles) are within this relative error.
+    analysis_quantile_accuracy: float = Field(default=0.005, gt=0, lt=0.5)
+    #: A data set of at least this many files is split: one subtask per file, then a merge.
+    analysis_split_min_files: int = Field(default=2, ge=2)
+    analysis_max_partitions: int = Field(default=256, ge=2, description="files are grouped beyond this")
     # --- end analysis family ------------------------------------------------------------
 
     # --- reconciliation family ----------------------------------------------------------
     recon_date_tolerance_days: int = Field(default=3, ge=0)
     recon_notify_threshold: int = Field(default=1, ge=0, description="discrepancies that trigger mail")
+    recon_group_max_candidates: int = Field(
+        default=12, ge=0, le=24, description="ledger lines searched for a grouped match without reference"
+    )
+    recon_fee_pattern: str = Field(default=r"(?i)\bfees?\b", description="regex marking ledger fee lines")
+    recon_memory_limit: str = Field(default="1GB", description="DuckDB memory limit of one run")
+    recon_threads: int = Field(default=2, ge=1, description="DuckDB threads of one run")
     # --- end reconciliation family ------------------------------------------------------
 
     # --- scheduler ----------------------------------------------------------------------
     beat_lock_ttl: float = Field(default=10.0, gt=0, description="seconds the leader lock lives")
     beat_sync_interval: float = Field(default=1.0, gt=0, description="seconds between schedule reloads")
+    beat_max_interval: float = Field(default=1.0, gt=0, le=60, description="longest sleep between ticks")
+    beat_lock_url: str | None = Field(default=None, description="Redis of the leader lock; the broker's if unset")
+    beat_lock_key: str = "conveyor:beat:leader"
+    #: A tick later than this is a missed tick (beat was down) and follows the schedule's
+    #: catch-up policy; a tick less late (a slow loop, a leader hand-over) still fires.
+    schedule_misfire_grace: float = Field(default=30.0, ge=1, description="seconds")
+    schedule_history_days: int = Field(default=7, ge=1, description="days of firing records kept")
+    schedule_failure_alert: int = Field(default=3, ge=1, description="failed runs in a row that flag a schedule")
     # --- end scheduler ------------------------------------------------------------------
 
     # --- monitoring ---------------------------------------------------------------------
@@ -106,7 +147,8 @@ class Settings(BaseSettings):
     flower_oauth2_key: str | None = None
     flower_oauth2_secret: SecretStr | None = None
     flower_oauth2_redirect_uri: str | None = None
-    flower_cookie_secret: SecretStr | None = Field(default=None, description="keeps OAuth sessions across restarts")
+    #: Keeps OAuth login sessions valid across Flower restarts (random per start if unset).
+    flower_cookie_secret: SecretStr | None = None
     # `conveyor up`: how many worker processes (each with worker_concurrency children), how
     # long a part may take to answer, how long running jobs get to finish at shutdown.
     up_workers: int = Field(default=1, ge=1, le=32)

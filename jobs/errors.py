@@ -78,6 +78,10 @@ class PermanentError(ConveyorError):
     """A failure that retrying cannot fix: the job fails at once."""
 
 
+class Quarantined(PermanentError):
+    """The job's attempts keep killing their worker: it is not run again."""
+
+
 # --- What a waiting caller sees. ---
 class JobFailed(ConveyorError):
     """The job failed."""

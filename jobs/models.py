@@ -43,6 +43,7 @@ class AttemptOutcome(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     REVOKED = "revoked"
+    LOST = "lost"
 
 
 # Records about one job come from several processes (the producer, then one pool child per

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import mask_url
 from jobs.db import get_engine, utcnow
 from jobs.errors import InvalidTransition, JobNotFound, StoreUnavailable
-from jobs.models import FINISHED, REVOKED_ORDER, Job, JobAttempt, JobStatus
+from jobs.models import FINISHED, REVOKED_ORDER, AttemptOutcome, AttemptReason, Job, JobAttempt, JobStatus
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -141,9 +141,23 @@ class JobStore:
                 )
 
     @_translated
-    def last_attempt_number(self, job_id: str) -> int:
+    def redelivered(self, job_id: str, attempt: int) -> int:
+        """Attempt `attempt` of a job runs because an earlier one's worker was lost: mark the
+        unfinished attempts `lost`, and fill in the ones that died before they were written.
+        Returns the attempt number to use (never below one already recorded)."""
         with self.session() as s:
-            return s.scalar(select(func.max(JobAttempt.number)).where(JobAttempt.job_id == job_id)) or 0
+            s.execute(update(JobAttempt)
+                      .where(JobAttempt.job_id == job_id, JobAttempt.outcome == AttemptOutcome.RUNNING)
+                      .values(outcome=AttemptOutcome.LOST, error="worker lost"))
+            known = set(s.scalars(select(JobAttempt.number).where(JobAttempt.job_id == job_id)))
+            number = max(attempt, max(known, default=0) + 1)
+            for n in range(1, number):
+                if n not in known:
+                    s.add(JobAttempt(job_id=job_id, number=n, outcome=AttemptOutcome.LOST,
+                                     reason=AttemptReason.FIRST_RUN if n == 1 else AttemptReason.REDELIVERY,
+                                     error="worker lost before this attempt was recorded"))
+            s.commit()
+            return number
 
     # --- reading ----------------------------------------------------------------------------
     @_translated

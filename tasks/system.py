@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from typing import Any
@@ -31,6 +32,7 @@ class SleepInput(BaseModel):
     fail: bool = Field(default=False, description="raise a retryable error after sleeping")
     permanent: bool = Field(default=False, description="with fail: fail at once, no retries")
     steps: int = Field(default=10, ge=1, le=10_000, description="progress updates while sleeping")
+    crash: bool = Field(default=False, description="SIGKILL the worker process after sleeping (chaos tests)")
 
 
 @job("system.sleep", input=SleepInput, example={"seconds": 1.5})
@@ -42,6 +44,8 @@ def sleep(task: ConveyorTask, data: SleepInput) -> dict[str, Any]:
             time.sleep(step)
         if data.seconds >= 0.5:
             task.progress(i + 1, data.steps, f"slept {step * (i + 1):.1f}s")
+    if data.crash:
+        os.kill(os.getpid(), signal.SIGKILL)
     if data.fail:
         if data.permanent:
             raise PermanentError("asked to fail permanently")

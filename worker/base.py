@@ -9,7 +9,7 @@ from celery import Task
 from pydantic import BaseModel, ValidationError
 
 from config import Settings
-from jobs.errors import PermanentError
+from jobs.errors import PermanentError, Quarantined
 from jobs.models import JobStatus, state_order
 from jobs.recorder import Recorder, get_recorder
 from jobs.store import JobStore
@@ -57,12 +57,21 @@ class ConveyorTask(Task):  # type: ignore[misc]
         return self.spec.max_retries if self.spec.max_retries is not None else self.settings.retry_max
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        lost = getattr(self.request, "conveyor_quarantined", None)
+        if lost:
+            raise Quarantined(f"quarantined: its worker was lost {lost} times while running it")
         if args:
             raise PermanentError(f"{self.name} takes its input as keyword fields, not positional args")
         data = self.spec.input.model_validate(kwargs)
+        from celery.exceptions import Ignore
+
+        from worker.ratelimit import throttle
+
         try:
+            if self.spec.rate_limit is not None:
+                throttle(self, data)  # a slot in every declared limit, or the job is deferred
             return to_json(self.spec.fn(self, data))
-        except NOT_RETRIED:
+        except (*NOT_RETRIED, Ignore):  # Ignore: deferred (sent back to the broker), not failed
             raise
         except Exception as exc:
             if self.request.called_directly:
@@ -79,6 +88,8 @@ class ConveyorTask(Task):  # type: ignore[misc]
 
     def is_dead(self, exc: BaseException) -> bool:
         """A retryable failure after the last retry makes the job dead, not just failed."""
+        if isinstance(exc, Quarantined):
+            return True
         return not isinstance(exc, NOT_RETRIED) and self.request.retries >= self.effective_max_retries()
 
     def progress(self, current: float, total: float | None = None, message: str | None = None) -> None:

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from functools import wraps
 from typing import Any
 
@@ -56,6 +56,29 @@ def _jsonable(value: Any) -> Any:
     if len(text) > MAX_RESULT_CHARS:
         return {"truncated": True, "size": len(text), "head": text[:10_000]}
     return value
+
+
+def _count_redelivery(app: Celery, job_id: str) -> int:
+    """How many times this job's message came back after a lost worker (counted in Redis,
+    which outlives the worker processes the job keeps killing)."""
+    key = f"conveyor:redelivered:{job_id}"
+    try:
+        with app.connection_for_write() as conn, conn.default_channel.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            pipe.incr(key).expire(key, 7 * 24 * 3600)
+            return int(pipe.execute()[0])
+    except Exception:  # noqa: BLE001 - not a Redis broker, or Redis away
+        return 1
+
+
+def _parse_eta(value: Any) -> Any:
+    if not value:
+        return None
+    try:
+        eta = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return eta if eta.tzinfo else eta.replace(tzinfo=timezone.utc)
 
 
 def _error_fields(exc: BaseException | None, einfo: Any) -> dict[str, Any]:
@@ -112,7 +135,7 @@ def connect(app: Celery) -> None:
             args=list(args),
             kwargs=spec.redact(kwargs) if spec else kwargs,
             source=source,
-            eta=None,
+            eta=_parse_eta(headers.get("eta")),
             parent_id=headers.get("parent_id"),
             root_id=headers.get("root_id"),
             created_at=utcnow(),
@@ -123,12 +146,18 @@ def connect(app: Celery) -> None:
     def prerun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         req = sender.request
         info = req.delivery_info or {}
-        if info.get("redelivered") or (req.headers or {}).get("redelivered"):
+        redelivered = bool(info.get("redelivered") or (req.headers or {}).get("redelivered"))
+        if redelivered:
             reason = AttemptReason.REDELIVERY
+            settings = _settings(sender)
+            count = _count_redelivery(sender.app, task_id)
+            attempt = req.retries + 1 + count
             try:
-                attempt = JobStore(_settings(sender).database_url).last_attempt_number(task_id) + 1
-            except Exception:  # noqa: BLE001 - database down: best guess, recorded anyway
-                attempt = req.retries + 2
+                attempt = JobStore(settings.database_url).redelivered(task_id, attempt)
+            except Exception:  # noqa: BLE001 - database down: the count from Redis will do
+                pass
+            if count > settings.max_redeliveries:
+                req.conveyor_quarantined = count  # ConveyorTask refuses to run it
         elif req.retries:
             reason, attempt = AttemptReason.RETRY, req.retries + 1
         else:
@@ -138,12 +167,24 @@ def connect(app: Celery) -> None:
         req.conveyor_attempt = attempt
         req.conveyor_started = time.monotonic()
         req.conveyor_started_at = now
+        job = {"status": JobStatus.STARTED, "task": sender.name, "queue": info.get("routing_key"),
+               "started_at": now, "worker": HOST, "attempts": attempt}
+        run = {"reason": reason, "worker": HOST, "pid": os.getpid(), "started_at": now,
+               "outcome": AttemptOutcome.RUNNING}
+        order = state_order(JobStatus.STARTED, attempt)
+        if redelivered:
+            # A job that came back after a lost worker may kill this one too: write its attempt
+            # now, not in a batch that would die with the process.
+            try:
+                JobStore(_settings(sender).database_url).apply(
+                    [{"id": task_id, "state_order": order, **job}],
+                    [{"job_id": task_id, "number": attempt, **run}])
+                return
+            except Exception:  # noqa: BLE001 - fall back to the buffer
+                pass
         rec = recorder(sender)
-        rec.job(task_id, state_order(JobStatus.STARTED, attempt), status=JobStatus.STARTED,
-                task=sender.name, queue=info.get("routing_key"), started_at=now, worker=HOST,
-                attempts=attempt)
-        rec.attempt(task_id, attempt, reason=reason, worker=HOST, pid=os.getpid(),
-                    started_at=now, outcome=AttemptOutcome.RUNNING)
+        rec.job(task_id, order, **job)
+        rec.attempt(task_id, attempt, **run)
 
     def _finish(sender: Any, task_id: str, status: JobStatus, outcome: AttemptOutcome,
                 **fields: Any) -> None:
