@@ -63,6 +63,23 @@ class Settings(BaseSettings):
     #: A job redelivered after a lost worker more often than this is quarantined as dead.
     max_redeliveries: int = Field(default=3, ge=1)
 
+    # Delivery.
+    #: Jobs due further out than this many seconds are held in the job store and published
+    #: when due, instead of waiting in a worker as a Celery countdown (which Redis would hand
+    #: out again once it outlasts the visibility timeout).
+    hold_threshold: float = Field(default=300.0, ge=0)
+    relay_interval: float = Field(default=1.0, gt=0, description="seconds between relay passes")
+    #: How long a transactional job may wait for its commit hook before the relay publishes it.
+    relay_grace: float = Field(default=5.0, ge=0)
+    #: A job still `queued` this long after it was published, with no message left in Redis,
+    #: is lost: `maintenance.recover_lost` re-publishes it (if safe to repeat) or marks it.
+    lost_after: float = Field(default=600.0, gt=0)
+    #: Fernet key(s), comma-separated (the first encrypts): sensitive payload fields are kept
+    #: encrypted in the job store so retries and recovery can replay them.
+    encryption_key: SecretStr | None = None
+    #: SIGTERM: running jobs get this long to finish, then the rest are requeued.
+    shutdown_grace: float = Field(default=60.0, ge=0)
+
     # Task events are buffered and flushed this often (Flower still sees every event).
     event_flush_interval: float = Field(default=0.1, ge=0)
 
@@ -125,6 +142,7 @@ class Settings(BaseSettings):
     schedule_misfire_grace: float = Field(default=30.0, ge=1, description="seconds")
     schedule_history_days: int = Field(default=7, ge=1, description="days of firing records kept")
     schedule_failure_alert: int = Field(default=3, ge=1, description="failed runs in a row that flag a schedule")
+    schedule_report_email: str = Field(default="reports@example.com", description="the daily report's recipient")
     # --- end scheduler ------------------------------------------------------------------
 
     # --- monitoring ---------------------------------------------------------------------

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from config import mask_url
 from jobs.db import utcnow
@@ -28,6 +30,7 @@ from jobs.errors import (
 )
 from jobs.models import FINISHED, AttemptOutcome, JobStatus
 from jobs.models import Job as JobRow
+from jobs.secrets import SecretBox
 from jobs.store import JobStore
 from tasks.registry import REGISTRY, TaskSpec
 
@@ -135,6 +138,8 @@ class Client:
         self.app = app
         self.settings = app.conf.conveyor_settings
         self.store = JobStore(self.settings.database_url)
+        key = self.settings.encryption_key
+        self.box = SecretBox(key.get_secret_value() if key else None)
 
     # --- validation ------------------------------------------------------------------------
     def spec(self, task_name: str) -> TaskSpec:
@@ -180,10 +185,13 @@ class Client:
              source: str, retry_of: str | None) -> dict[str, Any]:
         if priority is not None and not 0 <= priority <= 9:
             raise InvalidInput("priority must be between 0 (first) and 9 (last)")
+        now = utcnow()
+        secrets = {k: data[k] for k in spec.sensitive if data.get(k) is not None}
         return {
             "id": job_id, "task": spec.name, "queue": queue or spec.queue, "status": JobStatus.QUEUED,
             "source": source, "args": [], "kwargs": spec.redact(data), "idempotency_key": idempotency_key,
-            "priority": priority, "eta": eta, "retry_of": retry_of, "created_at": utcnow(), "attempts": 0,
+            "priority": priority, "eta": eta, "retry_of": retry_of, "created_at": now, "attempts": 0,
+            "published_at": now, "publish_after": None, "secrets": self.box.seal(secrets),
         }
 
     def _headers(self, source: str, retry_of: str | None) -> dict[str, Any]:
@@ -205,28 +213,74 @@ class Client:
         idempotency_key: str | None = None,
         source: str = "api",
         retry_of: str | None = None,
+        session: Session | None = None,
     ) -> Job:
-        """Validate, record and publish one job. An idempotency key already used returns its job."""
+        """Validate, record and publish one job. An idempotency key already used returns its job.
+
+        With `session` (a SQLAlchemy session on the job store's database) the job is written in
+        the caller's transaction and published only once it commits: a rollback leaves no job,
+        and if the process dies between commit and publish, a worker's relay publishes it.
+        A job due further out than `hold_threshold` is held in the job store until due."""
         spec = self.spec(task_name)
         data = self.validate(task_name, payload)
         when = self._eta(countdown, eta)
         job_id = str(uuid.uuid4())
         row = self._row(spec, job_id, data, queue=queue, eta=when, priority=priority,
                         idempotency_key=idempotency_key, source=source, retry_of=retry_of)
+        held = when is not None and (when - row["created_at"]).total_seconds() > self.settings.hold_threshold
+        if held or session is not None:
+            row["published_at"] = None  # published after the commit, or by the relay when due
+            row["publish_after"] = when if held else None
+        if session is not None:
+            stored, created = self.store.create_in(session, row)
+            if created and not held:
+                _after_commit(session, lambda: self._publish_claimed(row, data))
+            return Job.from_row(stored, self)
         stored, created = self.store.create(row)
-        if not created:
+        if not created or held:
             return Job.from_row(stored, self)
         try:
-            self.app.tasks[task_name].apply_async(
-                kwargs=data, task_id=job_id, queue=row["queue"], eta=when, priority=priority,
-                headers=self._headers(source, retry_of), retry=True, retry_policy=PUBLISH_RETRY,
-            )
+            self._publish(row, data)
         except KombuOperationalError as exc:
             self.store.delete(job_id)  # nothing was published: leave no record behind
             raise BrokerUnavailable(
                 f"broker {mask_url(self.settings.broker_url)} is unreachable: {exc}"
             ) from None
         return Job.from_row(stored, self)
+
+    def _publish(self, row: Mapping[str, Any], data: dict[str, Any]) -> None:
+        eta = row.get("eta")
+        if eta is not None and eta <= utcnow():
+            eta = None
+        self.app.tasks[row["task"]].apply_async(
+            kwargs=data, task_id=row["id"], queue=row["queue"], eta=eta, priority=row.get("priority"),
+            headers=self._headers(row.get("source") or "api", row.get("retry_of")),
+            retry=True, retry_policy=PUBLISH_RETRY,
+        )
+
+    def _publish_claimed(self, row: Mapping[str, Any], data: dict[str, Any]) -> bool:
+        """Publish a recorded job unless another process already did (the claim is in the
+        database, so the commit hook and the relay never both publish it)."""
+        if not self.store.claim_publish(row["id"]):
+            return False
+        try:
+            self._publish(row, data)
+        except Exception:
+            self.store.unclaim_publish(row["id"])
+            raise
+        return True
+
+    def payload_of(self, job: JobRow) -> dict[str, Any]:
+        """The job's real payload: its recorded fields with the secrets put back."""
+        return {**(job.kwargs or {}), **self.box.open(job.secrets)}
+
+    def publish_recorded(self, job: JobRow, *, again: bool = False) -> bool:
+        """Publish a job from its record (the relay; `again` for a lost message)."""
+        row = {c: getattr(job, c) for c in ("id", "task", "queue", "eta", "priority", "source", "retry_of")}
+        data = self.payload_of(job)
+        if again:
+            self.store.unclaim_publish(job.id)
+        return self._publish_claimed(row, data)
 
     def enqueue_many(
         self,
@@ -333,12 +387,39 @@ class Client:
         if old.status not in (JobStatus.FAILED, JobStatus.DEAD, JobStatus.REVOKED):
             raise InvalidTransition(f"job {job_id} is {old.status}; only failed, dead or revoked jobs are retried")
         spec = self.spec(old.task or "")
-        if any(old.kwargs and old.kwargs.get(k) == "***" for k in spec.sensitive):
+        row = self.store.get(job_id)
+        payload = self.payload_of(row)
+        if any(payload.get(k) == "***" for k in spec.sensitive):
             raise InvalidTransition(
-                f"job {job_id} carried secrets that were not stored; enqueue it again with them"
+                f"job {job_id} carried secrets that were not kept (no CONVEYOR_ENCRYPTION_KEY); "
+                "enqueue it again with them"
             )
-        return self.enqueue(spec.name, old.kwargs or {}, queue=old.queue, priority=old.priority,
+        return self.enqueue(spec.name, payload, queue=old.queue, priority=old.priority,
                             source=old.source or "api", retry_of=job_id)
+
+
+def _after_commit(session: Session, publish: Any) -> None:
+    """Run `publish` after `session` commits; forget it if the session rolls back."""
+    pending = session.info.setdefault("conveyor_publish", [])
+    pending.append(publish)
+    if not session.info.get("conveyor_hooked"):
+        session.info["conveyor_hooked"] = True
+
+        @event.listens_for(session, "after_commit")
+        def _publish_all(sess: Session) -> None:
+            todo, sess.info["conveyor_publish"] = sess.info.get("conveyor_publish", []), []
+            for fn in todo:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - the relay publishes what failed here
+                    import logging
+
+                    logging.getLogger("conveyor.client").warning(
+                        "publish after commit failed; the relay will publish it", exc_info=True)
+
+        @event.listens_for(session, "after_rollback")
+        def _forget(sess: Session) -> None:
+            sess.info["conveyor_publish"] = []
 
 
 class _CollectedEvents:

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobs.db import Base
@@ -20,13 +20,17 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     REVOKED = "revoked"
+    #: Enqueued, but its message vanished from Redis (wiped, failed over) and it was not
+    #: safe to publish again; see `maintenance.recover_lost`.
+    LOST = "lost"
 
     @property
     def finished(self) -> bool:
         return self in FINISHED
 
 
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.REVOKED})
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.REVOKED,
+                      JobStatus.LOST})
 
 
 class AttemptReason(StrEnum):
@@ -58,6 +62,7 @@ _STATE_RANK = {
     JobStatus.SUCCEEDED: 3,
     JobStatus.FAILED: 3,
     JobStatus.DEAD: 3,
+    JobStatus.LOST: 3,
 }
 REVOKED_ORDER = 1 << 30
 
@@ -97,8 +102,18 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(index=True)
+    #: When the message went to the broker; NULL while a transactional enqueue waits for its
+    #: commit, or while a long-delayed job is held here until `publish_after`.
+    published_at: Mapped[datetime | None]
+    publish_after: Mapped[datetime | None]
+    #: The task's sensitive payload fields, encrypted (`kwargs` holds them redacted).
+    secrets: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_unpublished", "publish_after", postgresql_where=text("published_at IS NULL"),
+              sqlite_where=text("published_at IS NULL")),
+    )
 
 
 class JobAttempt(Base):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,7 +15,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import mask_url
 from jobs.db import get_engine, utcnow
 from jobs.errors import InvalidTransition, JobNotFound, StoreUnavailable
-from jobs.models import FINISHED, REVOKED_ORDER, AttemptOutcome, AttemptReason, Job, JobAttempt, JobStatus
+from jobs.models import (
+    FINISHED,
+    REVOKED_ORDER,
+    AttemptOutcome,
+    AttemptReason,
+    Job,
+    JobAttempt,
+    JobStatus,
+    state_order,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -74,6 +83,68 @@ class JobStore:
             if existing is None:  # the holder was deleted in between: try once more
                 return self.create(row)
             return existing, False
+
+    def create_in(self, session: Session, row: dict[str, Any]) -> tuple[dict[str, Any] | Job, bool]:
+        """Insert a queued job inside the caller's transaction (a savepoint guards the
+        idempotency key, so a duplicate does not spoil the caller's transaction)."""
+        try:
+            with session.begin_nested():
+                session.execute(insert(Job).values(**row, state_order=0))
+            return row, True
+        except IntegrityError:
+            key = row.get("idempotency_key")
+            existing = session.scalar(select(Job).where(Job.idempotency_key == key)) if key else None
+            if existing is None:
+                raise
+            return existing, False
+
+    # --- delivery ---------------------------------------------------------------------------
+    @_translated
+    def claim_publish(self, job_id: str) -> bool:
+        """Mark the job published; True for exactly one caller, so only one publishes it."""
+        with get_engine(self.url).begin() as conn:
+            n = conn.execute(update(Job).where(Job.id == job_id, Job.published_at.is_(None))
+                             .values(published_at=utcnow())).rowcount
+        return n == 1
+
+    @_translated
+    def unclaim_publish(self, job_id: str) -> None:
+        """The publish failed after the claim: let the relay try again."""
+        with get_engine(self.url).begin() as conn:
+            conn.execute(update(Job).where(Job.id == job_id).values(published_at=None))
+
+    @_translated
+    def due_unpublished(self, grace: float, limit: int = 500) -> list[Job]:
+        """Jobs recorded but not published: held ones now due, and transactional ones whose
+        commit hook did not publish them within `grace` seconds (the process died)."""
+        now = utcnow()
+        q = (select(Job).where(Job.published_at.is_(None), Job.status == JobStatus.QUEUED,
+                               or_(Job.publish_after <= now,
+                                   and_(Job.publish_after.is_(None),
+                                        Job.created_at < now - timedelta(seconds=grace))))
+             .order_by(Job.publish_after, Job.created_at).limit(limit))
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    @_translated
+    def stale_queued(self, older_than: float, limit: int = 10_000) -> list[Job]:
+        """Jobs still queued `older_than` seconds after they were published (and due)."""
+        before = utcnow() - timedelta(seconds=older_than)
+        q = (select(Job).where(Job.status == JobStatus.QUEUED, Job.published_at < before,
+                               or_(Job.eta.is_(None), Job.eta < before))
+             .order_by(Job.published_at).limit(limit))
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    @_translated
+    def mark_lost(self, job_id: str, reason: str) -> bool:
+        """A queued job whose message is gone and which is not safe to publish again."""
+        with get_engine(self.url).begin() as conn:
+            n = conn.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                             .values(status=JobStatus.LOST, state_order=state_order(JobStatus.LOST, 0),
+                                     error_type="Lost", error_message=reason,
+                                     finished_at=utcnow())).rowcount
+        return n == 1
 
     @_translated
     def create_many(self, rows: Sequence[dict[str, Any]]) -> None:

@@ -59,6 +59,12 @@ class TcpProxy:
 
     def stop(self) -> None:
         if self._server is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not, and the
+            # kernel would go on accepting connections on the "closed" socket.
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._server.close()
             self._server = None
         with self._lock:

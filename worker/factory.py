@@ -60,7 +60,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None, *, patch: bool = True) -> Celery:
     """A Celery app configured from `settings`, with every registered task and lifecycle recording."""
-    from worker import lifecycle, patches, recovery
+    from worker import lifecycle, patches, recovery, relay, shutdown
 
     settings = settings or get_settings()
     app = Celery("conveyor", set_as_current=True)
@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None, *, patch: bool = True) -> Celer
         app.task(**options)(spec.fn)
     lifecycle.connect(app)
     recovery.install(app)
+    relay.install(app)
+    shutdown.install(app)
     if patch:
         patches.apply(app)
     return app

@@ -66,3 +66,36 @@ def check(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
     report["ok"] = bool(report["broker"]["ok"] and report["database"]["ok"]
                         and report["database"].get("migrations_current"))
     return report
+
+
+def message_ids(broker_url: str, queues: tuple[str, ...] = QUEUES, chunk: int = 1000) -> set[str]:
+    """Ids of every job with a message in Redis: waiting in a queue or held unacknowledged."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=10)
+    ids: set[str] = set()
+
+    def take(raw: bytes | str, wrapped: bool) -> None:
+        try:
+            message = json.loads(raw)
+            if wrapped:  # kombu's unacked hash keeps [message, exchange, routing_key]
+                message = message[0]
+            ids.add(message["headers"]["id"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            pass
+
+    try:
+        for q in queues:
+            for key in queue_keys(q):
+                start = 0
+                while batch := client.lrange(key, start, start + chunk - 1):
+                    for raw in batch:
+                        take(raw, wrapped=False)
+                    start += chunk
+        for _, raw in client.hscan_iter("unacked", count=chunk):
+            take(raw, wrapped=True)
+    finally:
+        client.close()
+    return ids

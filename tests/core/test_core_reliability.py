@@ -51,7 +51,7 @@ def test_database_unreachable_while_worker_runs_loses_nothing(make_settings, red
     jobs = [client.enqueue("system.sleep", {"seconds": 0.05, "steps": 1}) for _ in range(20)]
     # they run anyway (the Redis side is fine) but nothing can be written yet
     time.sleep(3)
-    assert all(client.get_job(j.id).status == JobStatus.QUEUED for j in jobs)
+    assert [client.get_job(j.id).status for j in jobs] == [JobStatus.QUEUED] * len(jobs)
 
     proxy = TcpProxy(pg.hostname or "127.0.0.1", pg.port or 5432, port=proxy.port).start()
     wait_until(lambda: _all_succeeded(client, [j.id for j in jobs]), timeout=60,
