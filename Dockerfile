@@ -14,7 +14,7 @@ COPY tasks ./tasks
 COPY scheduler ./scheduler
 COPY migrations ./migrations
 COPY samples ./samples
-RUN pip install . && mkdir -p /data /results && chown conveyor /data /results
+RUN pip install . && mkdir -p /data /results /var/lib/flower && chown conveyor /data /results /var/lib/flower
 
 USER conveyor
 ENV CONVEYOR_DATA_DIR=/data CONVEYOR_RESULTS_DIR=/results

@@ -61,7 +61,7 @@ class TaskStats:
 class QueueStats:
     queue: str
     depth: int
-    #: The job at the head of the line (next to run), and how long it has waited.
+    #: The job that has waited longest (across priority levels), and for how long.
     oldest_job: str | None = None
     oldest_age: float | None = None
 

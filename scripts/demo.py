@@ -40,18 +40,20 @@ def main() -> int:
         if setup is not None:
             cleanups.append(setup(settings))
 
-    log = open(ROOT / "var" / "demo-worker.log", "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "cli", "worker", "-c", "2", "-l", "INFO"],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log_path = ROOT / "var" / "demo-up.log"
+    log = open(log_path, "wb")
+    # The whole stack, as an operator runs it: worker, beat and Flower under `conveyor up`.
+    stack = subprocess.Popen([sys.executable, "-m", "cli", "up", "-c", "2", "--no-migrate"],
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         from jobs.client import default_client
 
         client = default_client()
-        with console.status("waiting for the worker to come up"):
-            deadline = time.monotonic() + 60
+        with console.status("waiting for the stack to come up (conveyor up)"):
+            deadline = time.monotonic() + 90
             while not (client.app.control.ping(timeout=0.5) or []):
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    console.print("[red]the worker did not start; see var/demo-worker.log[/]")
+                if stack.poll() is not None or time.monotonic() > deadline:
+                    console.print(f"[red]the stack did not start; see {log_path}[/]")
                     return 1
         specs = [s for s in load_all().values() if s.example is not None]
         jobs = [client.enqueue(s.name, s.example, source="cli") for s in specs]
@@ -68,10 +70,19 @@ def main() -> int:
                     [(j.task, j.status, j.attempts, f"{j.runtime or 0:.3f}s",
                       json.dumps(j.result, default=str)[:300] if j.status == "succeeded"
                       else f"{j.error_type}: {j.error_message}") for j in finished])
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "Flower" in line and "http" in line:
+                console.print(line.strip())
+                break
+        console.print("Try: .venv/bin/conveyor jobs list   .venv/bin/conveyor stats   "
+                      ".venv/bin/conveyor up (the stack, until Ctrl-C)")
         return 0 if all(j.status == "succeeded" for j in finished) else 1
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(30)
+        os.kill(stack.pid, signal.SIGTERM)  # `up` stops its parts (warm shutdown) and waits
+        try:
+            stack.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.pid, signal.SIGKILL)
         for cleanup in cleanups:
             if callable(cleanup):
                 cleanup()

@@ -53,6 +53,14 @@ class ConveyorTask(Task):  # type: ignore[misc]
         s = self.settings
         return get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size)
 
+    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        """Publish with sensitive fields redacted in what monitors see: Celery builds the
+        message's `kwargsrepr` and the task-sent event before `before_task_publish` runs.
+        Covers delay(), signatures and retries."""
+        if kwargs and self.spec.sensitive and "kwargsrepr" not in options:
+            options["kwargsrepr"] = repr(self.spec.redact(dict(kwargs)))
+        return super().apply_async(args, kwargs, *rest, **options)
+
     def effective_max_retries(self) -> int:
         return self.spec.max_retries if self.spec.max_retries is not None else self.settings.retry_max
 

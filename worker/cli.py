@@ -124,7 +124,7 @@ def flower(port: int | None, address: str | None, url_prefix: str | None, insecu
 @click.command()
 @click.option("--since", default="1h", show_default=True,
               help="Jobs created since: 30m, 2h, 7d or an ISO time.")
-@click.option("--timeout", type=float, default=1.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
               help="Seconds to wait for workers to say what they run.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @_handled
@@ -134,7 +134,7 @@ def stats(since: str, timeout: float, as_json: bool) -> None:
     Per task, for jobs created in the window: how many, by outcome, retries (attempts beyond
     the first), success rate (succeeded of those that ran to an end), runtime p50/p95/max, and
     throughput (jobs that ran to an end per minute). Per queue: messages waiting and how long
-    the next one has waited. Per worker online: the jobs it is running. `conveyor status` is
+    the oldest has waited. Per worker online: the jobs it is running. `conveyor status` is
     the quick health check; this is the deeper look. Exits 3 if Redis or the workers could not
     be asked.
 
@@ -145,11 +145,13 @@ def stats(since: str, timeout: float, as_json: bool) -> None:
     """
     from cli import EXIT_UNAVAILABLE, parse_since, print_json
     from jobs.client import default_client
+    from jobs.db import utcnow
     from jobs.stats import collect
     from tasks.registry import QUEUES
 
     start = parse_since(since)
-    assert start is not None
+    if start is None or start >= utcnow():
+        raise click.BadParameter("must be a time in the past", param_hint="--since")
     report = collect(_settings(), default_client().app, start, queues=QUEUES, timeout=timeout)
     if as_json:
         print_json(report.to_dict())
@@ -193,7 +195,7 @@ def _print_report(report: Any) -> None:
     )
     if report.queues is not None:
         print_table(f"Queues ({report.unacked} handed to workers, not yet acknowledged)",
-                    ["queue", "waiting", "next job", "waiting for"],
+                    ["queue", "waiting", "oldest job", "waiting for"],
                     [(q.queue, q.depth, q.oldest_job or "", seconds(q.oldest_age)) for q in report.queues])
     if report.workers is not None:
         rows: list[tuple[str, ...]] = []

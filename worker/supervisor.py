@@ -98,11 +98,19 @@ class Output:
         self.stream = stream
         self.width = width
         self.lock = threading.Lock()
+        self.broken = False
 
     def line(self, name: str, colour: str, text: str) -> None:
         prefix = click.style(f"{name:<{self.width}} |", fg=colour, bold=name == "up")
         with self.lock:
-            click.echo(f"{prefix} {text}", file=self.stream)
+            if self.broken:
+                return
+            try:
+                click.echo(f"{prefix} {text}", file=self.stream)
+            except OSError:
+                # Our output is gone (`conveyor up | head`): keep draining the parts' pipes so
+                # they never block on a full one, and keep supervising.
+                self.broken = True
 
     def say(self, text: str) -> None:
         self.line("up", "white", text)
@@ -141,18 +149,15 @@ class Supervisor:
         argv = spec.argv
         if sys.platform == "linux":
             argv = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *argv]
-        old_umask = os.umask(spec.umask) if spec.umask is not None else None
         try:
             part.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         umask=-1 if spec.umask is None else spec.umask)
         except OSError as exc:
             self.out.say(f"{spec.name} could not start: {exc}")
             self._schedule_restart(part, 0.0)
             return
-        finally:
-            if old_umask is not None:
-                os.umask(old_umask)
         part.groups.add(part.proc.pid)  # start_new_session: its pid is its process group
         part.started_at = time.monotonic()
         part.ready = False
@@ -195,7 +200,13 @@ class Supervisor:
         assert part.proc is not None
         code = part.proc.returncode
         ran_for = time.monotonic() - part.started_at
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
         self.out.say(f"{part.spec.name} {how} after {ran_for:.1f}s")
         self._kill_leftovers(part)
         part.proc = None
