@@ -442,6 +442,9 @@ def status(ctx: Context, as_json: bool, timeout: float) -> None:
              "" if report["database"].get("migrations_current") else "run: conveyor db upgrade"),
             ("workers", ", ".join(report["workers"]) or "none online", ok(bool(report["workers"])), ""),
         ]
+        if report.get("stalled"):
+            rows.append(("stalled", ", ".join(report["stalled"]), "[red]STALLED[/]",
+                         "connected but not taking jobs while work waits: restart them"))
         print_table("Conveyor status", ["part", "where", "state", "note"], rows)
         if report["queues"]:
             print_table("Queues", ["queue", "waiting"], sorted(report["queues"].items()))

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     recovery_node_ttl: float = Field(default=30.0, gt=0)
     recovery_sweep_interval: float = Field(default=10.0, gt=0)
     recovery_min_age: float = Field(default=30.0, gt=0)
+    #: A worker with work waiting and a free slot that received nothing this long is stalled.
+    stall_after: float = Field(default=60.0, gt=0)
     #: A job redelivered after a lost worker more often than this is quarantined as dead.
     max_redeliveries: int = Field(default=3, ge=1)
 

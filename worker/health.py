@@ -63,8 +63,20 @@ def check(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
             report["workers"] = sorted(name for reply in replies for name in reply)
         except Exception as exc:  # noqa: BLE001
             report["workers_error"] = str(exc).splitlines()[0]
+    report["stalled"] = []
+    if report["broker"]["ok"]:
+        try:
+            import redis
+
+            from worker.recovery import live_nodes, stalled_nodes
+
+            client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+            report["stalled"] = stalled_nodes(live_nodes(client), report["queues"], settings.stall_after)
+            client.close()
+        except Exception as exc:  # noqa: BLE001
+            report["stalled_error"] = str(exc).splitlines()[0]
     report["ok"] = bool(report["broker"]["ok"] and report["database"]["ok"]
-                        and report["database"].get("migrations_current"))
+                        and report["database"].get("migrations_current") and not report["stalled"])
     return report
 
 

@@ -46,10 +46,11 @@ class NodeHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
         self.sweeper: threading.Thread | None = None
         self.stopping = threading.Event()
-        self.last_received = 0.0
+        self.started_at = time.time()
 
     def start(self, c: Any) -> None:
         settings = _settings(c.app)
+        self.started_at = time.time()
         self.beat(c)
         self.tref = c.timer.call_repeatedly(settings.recovery_heartbeat_interval, self.beat, (c,),
                                             priority=10)
@@ -75,9 +76,16 @@ class NodeHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
     def beat(self, c: Any) -> None:
         try:
             channel = c.task_consumer.channel
-            tags = list(channel.qos._delivered)
-            claim = json.dumps({"tags": tags, "pid": c.pid if hasattr(c, "pid") else None,
-                                "ts": time.time()})
+            qos = channel.qos
+            # kombu keeps acknowledged tags in `_delivered` until its next flush (`_dirty`)
+            tags = [t for t in list(qos._delivered) if t not in qos._dirty]
+            claim = json.dumps({
+                "tags": tags, "ts": time.time(),
+                # what `conveyor status` needs to tell a worker that stopped consuming
+                "received": _last_received.get("ts", 0.0), "started": self.started_at,
+                "concurrency": getattr(c.controller, "concurrency", None),
+                "queues": sorted(q.name for q in c.task_consumer.queues),
+            })
             ttl = max(1, int(_settings(c.app).recovery_node_ttl))
             with channel.conn_or_acquire() as client:
                 client.set(NODE_PREFIX + c.hostname, claim, ex=ttl)
@@ -144,6 +152,34 @@ def live_nodes(client: Any) -> dict[str, dict[str, Any]]:
     return nodes
 
 
+#: When this worker's consumer last received a message (for stall detection).
+_last_received: dict[str, float] = {}
+
+
+def _on_received(**_: Any) -> None:
+    _last_received["ts"] = time.time()
+
+
+def stalled_nodes(nodes: dict[str, dict[str, Any]], depths: dict[str, int], stall_after: float,
+                  now: float | None = None) -> list[str]:
+    """Workers alive but not consuming: one of their queues has messages waiting, they have a
+    free slot, and they received nothing for `stall_after` seconds (nor since they started).
+    The classic case is a consumer that stays connected after a Redis reconnect but stops
+    fetching."""
+    now = time.time() if now is None else now
+    stuck = []
+    for name, claim in nodes.items():
+        waiting = any(depths.get(q, 0) for q in claim.get("queues", []))
+        free = claim.get("concurrency") is None or len(claim.get("tags", [])) < claim["concurrency"]
+        last = max(claim.get("received") or 0.0, claim.get("started") or 0.0)
+        if waiting and free and last and now - last > stall_after:
+            stuck.append(name)
+    return sorted(stuck)
+
+
 def install(app: Celery) -> None:
     """Add the heartbeat step to `app`'s worker consumers."""
+    from celery import signals
+
     app.steps["consumer"].add(NodeHeartbeat)
+    signals.task_received.connect(_on_received, weak=False, dispatch_uid="conveyor.last_received")

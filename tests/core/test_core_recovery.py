@@ -45,3 +45,48 @@ def test_a_job_that_keeps_killing_its_worker_is_quarantined(client, fast_setting
     assert outcomes.count("lost") == 3 and outcomes[-1] == "dead"
     # and the worker is still there
     assert client.enqueue("system.ping", {}).wait(timeout=30)
+
+
+def test_stall_detection_rules():
+    from worker.recovery import stalled_nodes
+
+    now = 1000.0
+    nodes = {
+        "busy@a": {"queues": ["default"], "tags": ["t1", "t2"], "concurrency": 2, "received": 100, "started": 50},
+        "idle@b": {"queues": ["email"], "tags": [], "concurrency": 2, "received": 100, "started": 50},
+        "stuck@c": {"queues": ["default"], "tags": [], "concurrency": 2, "received": 100, "started": 50},
+        "fresh@d": {"queues": ["default"], "tags": [], "concurrency": 2, "received": 0, "started": 990},
+    }
+    depths = {"default": 5, "email": 0}
+    assert stalled_nodes(nodes, depths, stall_after=60, now=now) == ["stuck@c"]
+
+
+def test_a_worker_that_stops_consuming_is_reported_stalled(client, fast_settings, start_worker, run_cli):
+    import json
+    import os
+    import signal as sig
+
+    settings = fast_settings.model_copy(update={"stall_after": 2})
+    w = start_worker(settings, concurrency=1)
+    client.enqueue("system.ping", {}).wait(timeout=30)
+    import redis
+
+    from worker.recovery import NODE_PREFIX
+
+    r = redis.Redis.from_url(settings.broker_url)
+    key = next(r.scan_iter(match=NODE_PREFIX + "*"))
+    wait_until(lambda: json.loads(r.get(key))["tags"] == [], message="the worker to hold nothing")
+    os.kill(w.pid, sig.SIGSTOP)  # alive, connected, not consuming...
+    try:
+        claim = json.loads(r.get(key))
+        r.set(key, json.dumps(claim), ex=60)  # ...but still heartbeating, as a stuck consumer does
+        for _ in range(3):  # (the first may land in the BRPOP the worker had pending)
+            client.enqueue("system.ping", {})
+        import time
+
+        time.sleep(3)
+        out = run_cli(settings, "status", "--json", "--timeout", "0.5")
+        report = json.loads(out.stdout)
+        assert out.returncode == 3 and report["stalled"] == [key.decode().removeprefix(NODE_PREFIX)]
+    finally:
+        os.kill(w.pid, sig.SIGCONT)
