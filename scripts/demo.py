@@ -58,6 +58,10 @@ def main() -> int:
         specs = [s for s in load_all().values() if s.example is not None]
         jobs = [client.enqueue(s.name, s.example, source="cli") for s in specs]
         console.print(f"enqueued {len(jobs)} jobs: " + ", ".join(j.task or "" for j in jobs))
+        from scheduler import demo as schedule_demo
+
+        with console.status("two beats fire a schedule kept in the database (one leads)"):
+            jobs += schedule_demo.run(client, ROOT / "var")
         finished = []
         with console.status("running them"):
             for job in jobs:
