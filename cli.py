@@ -20,18 +20,19 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Commands that job families and the other parts contribute, as "module:attribute".
-FAMILY_COMMANDS: list[str] = [
-    "tasks.email.cli:email",
-    "tasks.analysis.cli:analyze",
-    "tasks.reconciliation.cli:reconcile",
-    "tasks.reconciliation.cli:recon",
-    "scheduler.cli:schedule",
-    "scheduler.cli:beat",
-    "worker.cli:up",
-    "worker.cli:flower",
-    "worker.cli:stats",
-]
+#: Commands that job families and the other parts contribute: name -> "module:attribute".
+#: Imported only when used, so `conveyor --help` stays fast and one family cannot break another.
+FAMILY_COMMANDS: dict[str, str] = {
+    "email": "tasks.email.cli:email",
+    "analyze": "tasks.analysis.cli:analyze",
+    "reconcile": "tasks.reconciliation.cli:reconcile",
+    "recon": "tasks.reconciliation.cli:recon",
+    "schedule": "scheduler.cli:schedule",
+    "beat": "scheduler.cli:beat",
+    "up": "worker.cli:up",
+    "flower": "worker.cli:flower",
+    "stats": "worker.cli:stats",
+}
 
 EXIT_INVALID = 2
 EXIT_UNAVAILABLE = 3
@@ -201,7 +202,22 @@ def show_outcome(job: Job, as_json: bool) -> None:
 
 
 # --- commands ---------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose contributed commands are imported when first used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *FAMILY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in FAMILY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module, _, attr = FAMILY_COMMANDS[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="conveyor")
 def cli() -> None:
     """Conveyor: hand slow or scheduled work to background workers, and watch it happen.
@@ -450,17 +466,6 @@ def status(ctx: Context, as_json: bool, timeout: float) -> None:
             print_table("Queues", ["queue", "waiting"], sorted(report["queues"].items()))
     if not report["ok"]:
         sys.exit(EXIT_UNAVAILABLE)
-
-
-def _add_family_commands() -> None:
-    import importlib
-
-    for ref in FAMILY_COMMANDS:
-        module, _, attr = ref.partition(":")
-        cli.add_command(getattr(importlib.import_module(module), attr))
-
-
-_add_family_commands()
 
 
 def main() -> None:

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     #: Fernet key(s), comma-separated (the first encrypts): sensitive payload fields are kept
     #: encrypted in the job store so retries and recovery can replay them.
     encryption_key: SecretStr | None = None
+    #: Message signing (Celery's `auth` serializer): every process signs what it publishes with
+    #: its key and accepts only messages signed by a certificate in the store. All three set = on.
+    security_key: Path | None = None
+    security_certificate: Path | None = None
+    security_cert_store: str | None = Field(default=None, description="glob of trusted certificates")
+    #: Redis Sentinel: the master's name when the broker/result URLs are sentinel:// URLs.
+    redis_sentinel_master: str | None = None
     #: SIGTERM: running jobs get this long to finish, then the rest are requeued.
     shutdown_grace: float = Field(default=60.0, ge=0)
 

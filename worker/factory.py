@@ -15,7 +15,9 @@ from worker.base import ConveyorTask
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings for `settings`: JSON only, late acks, events on, family queues."""
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.redis_sentinel_master:
+        transport["master_name"] = settings.redis_sentinel_master
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
@@ -76,6 +78,15 @@ def create_app(settings: Settings | None = None, *, patch: bool = True) -> Celer
             **spec.options,
         }
         app.task(**options)(spec.fn)
+    if settings.security_key and settings.security_certificate and settings.security_cert_store:
+        # Signed messages: task messages go out as `auth` (JSON inside, signed) and only signed
+        # ones are accepted; every other serializer is disabled in this process.
+        app.conf.update(task_serializer="auth", accept_content=["auth"],
+                        result_accept_content=["json", "auth"],
+                        security_key=str(settings.security_key),
+                        security_certificate=str(settings.security_certificate),
+                        security_cert_store=settings.security_cert_store, security_digest="sha256")
+        app.setup_security(allowed_serializers=["json"], serializer="json")
     lifecycle.connect(app)
     recovery.install(app)
     relay.install(app)
