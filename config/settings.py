@@ -204,7 +204,9 @@ def get_settings() -> Settings:
 
 
 def mask_url(url: str) -> str:
-    """`url` with its password replaced by `***`, safe to print or log."""
+    """`url` with its password replaced by `***`, safe to print or log (Sentinel lists too)."""
+    if ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:
