@@ -71,7 +71,7 @@ class ConveyorTask(Task):  # type: ignore[misc]
         if args:
             raise PermanentError(f"{self.name} takes its input as keyword fields, not positional args")
         data = self.spec.input.model_validate(kwargs)
-        from celery.exceptions import Ignore
+        from celery.exceptions import Ignore, Reject, Retry
 
         from worker.ratelimit import throttle
 
@@ -79,8 +79,8 @@ class ConveyorTask(Task):  # type: ignore[misc]
             if self.spec.rate_limit is not None:
                 throttle(self, data)  # a slot in every declared limit, or the job is deferred
             return to_json(self.spec.fn(self, data))
-        except (*NOT_RETRIED, Ignore):  # Ignore: deferred (sent back to the broker), not failed
-            raise
+        except (*NOT_RETRIED, Ignore, Reject, Retry):  # Celery's control flow (a deferral is an
+            raise  # Ignore: the job went back to the broker), and failures retrying cannot fix
         except Exception as exc:
             if self.request.called_directly:
                 raise
