@@ -267,7 +267,8 @@ class JobStore:
     @_translated
     def count_by_status(self) -> dict[str, int]:
         with self.session() as s:
-            return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).tuples())
+            rows = s.execute(select(Job.status, func.count()).group_by(Job.status)).tuples()
+            return {status: n for status, n in rows}
 
     # --- cancellation -----------------------------------------------------------------------
     @_translated

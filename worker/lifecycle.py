@@ -167,6 +167,13 @@ def connect(app: Celery) -> None:
         req.conveyor_attempt = attempt
         req.conveyor_started = time.monotonic()
         req.conveyor_started_at = now
+        deferred = getattr(req, "conveyor_deferred", None)  # sent back by worker.ratelimit.defer
+        if (isinstance(deferred, dict) and deferred.get("since") and not redelivered
+                and deferred.get("retries") == req.retries):
+            # The same run, resumed: keep its first start, count the wait in its runtime.
+            waited = max(0.0, time.time() - float(deferred["since"]))
+            req.conveyor_started -= waited
+            req.conveyor_started_at = now = now - timedelta(seconds=waited)
         job = {"status": JobStatus.STARTED, "task": sender.name, "queue": info.get("routing_key"),
                "started_at": now, "worker": HOST, "attempts": attempt}
         run = {"reason": reason, "worker": HOST, "pid": os.getpid(), "started_at": now,

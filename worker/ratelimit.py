@@ -188,11 +188,14 @@ def defer(task: ConveyorTask, countdown: float, *, headers: dict[str, Any] | Non
     req = task.request
     countdown = max(0.0, min(countdown, max_hop(task.settings)))
     previous = getattr(req, DEFERRED_HEADER, None) or {}
+    if previous.get("retries") != req.retries:  # Celery's retries copy headers: not this attempt's
+        previous = {}
+    started = getattr(req, "conveyor_started_at", None)  # set by the lifecycle's prerun
     merged = {
         **(req.headers or {}),
         "conveyor_recorded": True,  # the job is recorded already: no "queued" record again
-        DEFERRED_HEADER: {"since": previous.get("since") or time.time(),
-                          "count": int(previous.get("count") or 0) + 1},
+        DEFERRED_HEADER: {"since": previous.get("since") or (started.timestamp() if started else time.time()),
+                          "count": int(previous.get("count") or 0) + 1, "retries": req.retries},
         **(headers or {}),
     }
     if message:
@@ -235,7 +238,7 @@ def throttle(task: ConveyorTask, data: BaseModel) -> None:
                 continue
             defer(task, slot.delay,
                   headers={HEADER: {"held": sorted(held), "at": slot.at, "retries": req.retries}},
-                  message=f"waiting {slot.delay:.1f}s for rate limit {limit.name}")
+                  message=f"deferred {slot.delay:.2f}s by rate limit {limit.name}")
     except redis.RedisError as exc:
         raise RetryableError(f"rate limiter unavailable: {exc}") from exc
 
