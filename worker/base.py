@@ -6,6 +6,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
 from pydantic import BaseModel, ValidationError
 
 from config import Settings
@@ -71,16 +72,16 @@ class ConveyorTask(Task):  # type: ignore[misc]
         if args:
             raise PermanentError(f"{self.name} takes its input as keyword fields, not positional args")
         data = self.spec.input.model_validate(kwargs)
-        from celery.exceptions import Ignore, Reject, Retry
-
-        from worker.ratelimit import throttle
-
         try:
             if self.spec.rate_limit is not None:
+                from worker.ratelimit import throttle
+
                 throttle(self, data)  # a slot in every declared limit, or the job is deferred
             return to_json(self.spec.fn(self, data))
-        except (*NOT_RETRIED, Ignore, Reject, Retry):  # Celery's control flow (a deferral is an
-            raise  # Ignore: the job went back to the broker), and failures retrying cannot fix
+        except (*NOT_RETRIED, Ignore, Reject, Retry):
+            # Failures retrying cannot fix, and Celery's control flow (a rate-limit deferral is
+            # an Ignore: the job went back to the broker).
+            raise
         except Exception as exc:
             if self.request.called_directly:
                 raise
