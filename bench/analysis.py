@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # not bench/, where email.py would shadow the standard library
 
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
 BROKER, RESULTS = f"{REDIS}/5", f"{REDIS}/4"

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script, this folder would come first on sys.path and bench/email.py would shadow the
+# standard library's email package: put the project root there instead.
+sys.path[0] = str(ROOT)
 
 import redis  # noqa: E402
 
@@ -197,15 +199,6 @@ def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
     # enqueue rates (no worker running; the queue is flushed after)
     m = min(n, 3000)
     r = redis.Redis.from_url(BROKER)
-    ptask = plain.app.tasks["bench.count"]
-    plain_one = rate(lambda k: [ptask.delay(k="x") for _ in range(k)], m)
-
-    def plain_bulk(k: int) -> None:
-        with plain.app.producer_or_acquire() as producer:
-            for _ in range(k):
-                ptask.apply_async(kwargs={"k": "x"}, producer=producer)
-
-    plain_many = rate(plain_bulk, m)
     conv_one = rate(lambda k: [client.enqueue("bench.count", {"k": "x"}) for _ in range(k)], m)
     ctask = conveyor_app.tasks["bench.count"]
     conv_delay = rate(lambda k: [ctask.delay(k="x") for _ in range(k)], m)
@@ -216,8 +209,25 @@ def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
 
     close_recorders()
     med = {k: statistics.median(v) for k, v in out.items()}
-    return {**med, "plain_one": plain_one, "plain_many": plain_many, "conv_one": conv_one,
-            "conv_delay": conv_delay, "conv_many": conv_many}
+    return {**med, "conv_one": conv_one, "conv_delay": conv_delay, "conv_many": conv_many}
+
+
+def plain_enqueue_rates(n: int) -> dict[str, float]:
+    """Stock Celery's producer, measured before Conveyor's app patches anything in this process."""
+    os.environ.update({"BENCH_BROKER_URL": BROKER, "BENCH_REDIS_URL": BROKER})
+    import bench.plain_app as plain
+
+    ptask = plain.app.tasks["bench.count"]
+    one = rate(lambda k: [ptask.delay(k="x") for _ in range(k)], n)
+
+    def bulk(k: int) -> None:
+        with plain.app.producer_or_acquire() as producer:
+            for _ in range(k):
+                ptask.apply_async(kwargs={"k": "x"}, producer=producer)
+
+    many = rate(bulk, n)
+    redis.Redis.from_url(BROKER).flushdb()
+    return {"plain_one": one, "plain_many": many}
 
 
 def store_clear(store: Any) -> None:
@@ -241,10 +251,11 @@ def main() -> None:
     from rich.table import Table
 
     results = {}
+    plain_rates = plain_enqueue_rates(min(args.jobs, 3000))
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.db.split(","):
             print(f"{kind}: {args.jobs} jobs x {args.repeat}", flush=True)
-            results[kind] = run(kind, args.jobs, args.repeat, Path(tmp))
+            results[kind] = {**run(kind, args.jobs, args.repeat, Path(tmp)), **plain_rates}
     table = Table(title=f"Conveyor vs plain Celery, {args.jobs} no-op jobs, 2 worker processes, "
                         f"median of {args.repeat}")
     for col in ["job store", "plain e2e /s", "conveyor e2e /s (recorded)", "ratio",
