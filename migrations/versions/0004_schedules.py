@@ -1,7 +1,7 @@
 """schedules, schedule firings (the exactly-once claims) and the schedule change marker
 
 Revision ID: 0004_schedules
-Revises: 0001
+Revises: 0003_reconciliation
 Create Date: 2026-11-24 08:40:00
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 import jobs.db
 
 revision = "0004_schedules"
-down_revision = "0001"
+down_revision = "0003_reconciliation"
 branch_labels = None
 depends_on = None
 

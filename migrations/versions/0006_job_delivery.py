@@ -1,7 +1,7 @@
 """Job delivery: publish tracking for transactional and held jobs, encrypted secrets
 
 Revision ID: 0006_job_delivery
-Revises: 0001
+Revises: 0004_schedules
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import jobs.db
 
 revision = "0006_job_delivery"
-down_revision = "0001"
+down_revision = "0004_schedules"
 branch_labels = None
 depends_on = None
 

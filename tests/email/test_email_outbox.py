@@ -168,7 +168,7 @@ def test_migration_upgrades_and_downgrades_to_the_models(database_url):
         return ours
 
     assert diff() == []
-    downgrade(database_url, "0002_email@-1")
+    downgrade(database_url, "0001")  # the revision before email (later ones go too)
     tables = sa.inspect(get_engine(database_url)).get_table_names()
     assert "email_outbox" not in tables and "email_campaigns" not in tables and "jobs" in tables
     upgrade(database_url)
