@@ -70,10 +70,11 @@ def main() -> int:
         import json
 
         print_table("Results, read back from the job store",
-                    ["task", "status", "attempts", "runtime", "result or error"],
-                    [(j.task, j.status, j.attempts, f"{j.runtime or 0:.3f}s",
-                      json.dumps(j.result, default=str)[:300] if j.status == "succeeded"
+                    ["task", "source", "status", "attempts", "runtime", "result (in brief) or error"],
+                    [(j.task, j.source, j.status, j.attempts, f"{j.runtime or 0:.3f}s",
+                      brief(j.result) if j.status == "succeeded"
                       else f"{j.error_type}: {j.error_message}") for j in finished])
+        console.print("Whole results: .venv/bin/conveyor jobs show JOB_ID (or --json)")
         for line in log_path.read_text(errors="replace").splitlines():
             if "Flower" in line and "http" in line:
                 console.print(line.strip())
@@ -90,6 +91,18 @@ def main() -> int:
         for cleanup in cleanups:
             if callable(cleanup):
                 cleanup()
+
+
+def brief(result: object, limit: int = 160) -> str:
+    """The scalar fields of a result, `key=value`, cut at `limit` characters."""
+    import json
+
+    if isinstance(result, dict):
+        parts = [f"{k}={v}" for k, v in result.items() if isinstance(v, (str, int, float, bool))]
+        text = ", ".join(parts) or ", ".join(result)
+    else:
+        text = json.dumps(result, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 if __name__ == "__main__":
