@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -161,13 +161,13 @@ def parse_since(value: str | None) -> datetime | None:
         return None
     m = _DURATION.match(value.strip())
     if m:
-        return datetime.now(timezone.utc) - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+        return datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is neither a duration (30m, 2h, 7d) nor an ISO time",
                                  param_hint="--since") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def wait_for(job: Job, timeout: float | None, as_json: bool) -> Job:
@@ -295,7 +295,7 @@ def enqueue(ctx: Context, task: str, data_json: str | None, pairs: tuple[str, ..
             raise click.BadParameter("must be a JSON object", param_hint="--data")
     payload.update(parse_pairs(pairs))
     if eta is not None and eta.tzinfo is None:
-        eta = eta.replace(tzinfo=timezone.utc)
+        eta = eta.replace(tzinfo=UTC)
     job = ctx.client.enqueue(task, payload, queue=queue, countdown=countdown, eta=eta,
                              priority=priority, idempotency_key=idempotency_key, source="cli")
     if wait:

@@ -150,11 +150,10 @@ def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
     from config import get_settings
 
     get_settings.cache_clear()
+    import bench.plain_app as plain
     from jobs.client import Client
     from jobs.store import JobStore
     from worker.factory import create_app
-
-    import bench.plain_app as plain
 
     conveyor_app = create_app(get_settings())
     client = Client(conveyor_app)
@@ -186,7 +185,7 @@ def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
         w = Worker("worker.app", env, tmp / "conveyor.log")
         wait_ready(conveyor_app, w)
         base = recorded("")
-        ran, done = e2e(conveyor_app, n, lambda k: recorded(k) - base)
+        ran, done = e2e(conveyor_app, n, lambda k, base=base: recorded(k) - base)
         out["conv_ran"].append(n / ran)
         out["conv_e2e"].append(n / done)
         p50, p99 = latency(conveyor_app)

@@ -107,8 +107,10 @@ class Settings(BaseSettings):
     #: Verify the SMTP server's certificate (STARTTLS and implicit TLS); a private CA may be given.
     smtp_verify: bool = True
     smtp_ca_file: Path | None = None
-    smtp_keepalive: float = Field(default=30.0, ge=0, description="seconds an idle connection is reused; 0: one per message")
-    email_domain_rate_limit: float | None = Field(default=None, gt=0, description="messages per second per recipient domain")
+    smtp_keepalive: float = Field(
+        default=30.0, ge=0, description="seconds an idle connection is reused; 0: one per message")
+    email_domain_rate_limit: float | None = Field(
+        default=None, gt=0, description="messages per second per recipient domain")
     email_max_recipients: int = Field(default=100, ge=1, description="to + cc + bcc of one message")
     # --- end email family ---------------------------------------------------------------
 

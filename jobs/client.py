@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -178,7 +178,7 @@ class Client:
             return utcnow() + timedelta(seconds=countdown)
         if eta is not None and eta.tzinfo is None:
             raise InvalidInput("eta must carry a timezone (for example 2026-01-01T07:00:00+00:00)")
-        return eta.astimezone(timezone.utc) if eta else None
+        return eta.astimezone(UTC) if eta else None
 
     def _row(self, spec: TaskSpec, job_id: str, data: dict[str, Any], *, queue: str | None,
              eta: datetime | None, priority: int | None, idempotency_key: str | None,
@@ -334,7 +334,7 @@ class Client:
         declared: set[str] = set()
         with self.app.producer_or_acquire() as producer:
             with producer.batch(max_size=batch_size):
-                for row, data in zip(rows, datas):
+                for row, data in zip(rows, datas, strict=True):
                     queue = amqp.queues[row["queue"]]
                     if queue.name not in declared:
                         queue.declare(channel=producer.channel)

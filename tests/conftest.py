@@ -191,6 +191,21 @@ def make_database(kind: str, tmp_path: Path) -> Iterator[str]:
     admin.dispose()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `one_database` keep only their SQLite variant: their subject is not the
+    job store, and every run on PostgreSQL costs a worker start. Job-store tests run on both."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.get_closest_marker("one_database") and params.get("database_url") == "postgresql":
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated job store: SQLite and PostgreSQL (every test using it runs on both)."""

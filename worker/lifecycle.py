@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
 
@@ -25,7 +25,7 @@ from jobs.db import dispose_engines, utcnow
 from jobs.models import REVOKED_ORDER, AttemptOutcome, AttemptReason, JobStatus, state_order
 from jobs.recorder import Recorder, close_recorders, get_recorder
 from jobs.store import JobStore
-from tasks.registry import REGISTRY, redact
+from tasks.registry import REGISTRY
 
 log = logging.getLogger("conveyor.lifecycle")
 
@@ -78,7 +78,7 @@ def _parse_eta(value: Any) -> Any:
         eta = datetime.fromisoformat(value)
     except (TypeError, ValueError):
         return None
-    return eta if eta.tzinfo else eta.replace(tzinfo=timezone.utc)
+    return eta if eta.tzinfo else eta.replace(tzinfo=UTC)
 
 
 def _error_fields(exc: BaseException | None, einfo: Any) -> dict[str, Any]:
@@ -236,7 +236,8 @@ def connect(app: Celery) -> None:
 
     # --- worker side: the main process ------------------------------------------------------
     @_safe
-    def revoked(sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
+    def revoked(sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False,
+                **_: Any) -> None:
         why = "expired" if expired else "terminated" if terminated else "cancelled"
         recorder(sender).job(request.id, REVOKED_ORDER, status=JobStatus.REVOKED, finished_at=utcnow(),
                        error_type="Revoked", error_message=why)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import free_port
+
+pytestmark = pytest.mark.one_database  # the job store is not the subject here
 
 
 def test_tasks_lists_input_fields(run_cli, settings):

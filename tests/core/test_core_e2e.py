@@ -58,7 +58,7 @@ def test_retries_with_backoff_until_dead(client, make_settings, settings, start_
     assert [a.reason for a in attempts] == ["first_run", "retry", "retry"]
     assert [a.outcome for a in attempts] == ["retried", "retried", "dead"]
     # backoff: every retry waited before it started
-    for before, after in zip(attempts, attempts[1:]):
+    for before, after in zip(attempts, attempts[1:], strict=False):
         assert after.started_at > before.finished_at
 
 

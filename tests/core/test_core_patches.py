@@ -10,6 +10,8 @@ from kombu import Connection
 
 from worker import patches
 
+pytestmark = pytest.mark.one_database  # the job store is not the subject here
+
 
 def test_versions_are_the_tested_ones():
     import celery

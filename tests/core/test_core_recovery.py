@@ -7,6 +7,8 @@ import pytest
 from jobs.models import JobStatus
 from tests.conftest import wait_until
 
+pytestmark = pytest.mark.one_database  # the job store is not the subject here
+
 FAST = {"recovery_heartbeat_interval": 0.5, "recovery_node_ttl": 3, "recovery_sweep_interval": 1,
         "recovery_min_age": 2}
 
