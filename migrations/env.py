@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 import jobs.schema  # noqa: F401 - registers every table on Base.metadata
 from jobs.db import Base, make_engine
 

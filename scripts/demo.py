@@ -66,8 +66,8 @@ def main() -> int:
         with console.status("running them"):
             for job in jobs:
                 finished.append(job.wait_finished(timeout=300))
+
         from cli import print_table
-        import json
 
         print_table("Results, read back from the job store",
                     ["task", "source", "status", "attempts", "runtime", "result (in brief) or error"],

@@ -28,7 +28,7 @@ class TaskSpec:
     """What Conveyor knows of a task before any worker runs it."""
 
     name: str
-    fn: Callable[["ConveyorTask", Any], Any]
+    fn: Callable[[ConveyorTask, Any], Any]
     input: type[BaseModel]
     queue: str
     description: str
