@@ -155,9 +155,13 @@ class Client:
             raise InvalidInput(f"the payload of {task_name} must be a JSON object")
         data = dict(payload or {})
         try:
-            size = len(json.dumps(data))
+            text = json.dumps(data)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"the payload of {task_name} is not JSON: {exc}") from None
+        if _has_nul(data):
+            raise InvalidInput(f"the payload of {task_name} contains a NUL character (\\u0000), "
+                               "which the job store cannot keep")
+        size = len(text)
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(
                 f"the payload of {task_name} is {size} bytes; the limit is {self.settings.max_payload_bytes}"
@@ -255,6 +259,7 @@ class Client:
         self.app.tasks[row["task"]].apply_async(
             kwargs=data, task_id=row["id"], queue=row["queue"], eta=eta, priority=row.get("priority"),
             headers=self._headers(row.get("source") or "api", row.get("retry_of")),
+            time_limit=None, soft_time_limit=None,  # the worker's own limits apply, not the producer's
             retry=True, retry_policy=PUBLISH_RETRY,
         )
 
@@ -396,6 +401,18 @@ class Client:
             )
         return self.enqueue(spec.name, payload, queue=old.queue, priority=old.priority,
                             source=old.source or "api", retry_of=job_id)
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character hides in any key or string of `value` (PostgreSQL's JSONB cannot
+    hold one; refused on every store so that SQLite and PostgreSQL agree)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _after_commit(session: Session, publish: Any) -> None:

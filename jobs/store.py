@@ -230,6 +230,15 @@ class JobStore:
             s.commit()
             return number
 
+    @_translated
+    def close_running_attempts(self, job_id: str, outcome: str, error: str | None) -> None:
+        """The worker's main process ended a job its pool child could not (a hard time limit):
+        close the attempts still marked running."""
+        with get_engine(self.url).begin() as conn:
+            conn.execute(update(JobAttempt)
+                         .where(JobAttempt.job_id == job_id, JobAttempt.outcome == AttemptOutcome.RUNNING)
+                         .values(outcome=outcome, finished_at=utcnow(), error=error))
+
     # --- reading ----------------------------------------------------------------------------
     @_translated
     def get(self, job_id: str) -> Job:

@@ -205,8 +205,10 @@ def connect(app: Celery) -> None:
             fields = {"worker": HOST, "started_at": req.conveyor_started_at, **fields}
             recorder(sender).attempt(task_id, attempt, finished_at=now, outcome=outcome,
                                error=fields.get("error_message"))
-        else:  # the main process, after the pool child is gone
+        else:  # the main process, after the pool child is gone (a hard time limit)
             attempt, order, runtime = None, FINAL_ORDER, None
+            JobStore(_settings(sender).database_url).close_running_attempts(
+                task_id, outcome, fields.get("error_message"))
         if status is JobStatus.RETRYING:
             recorder(sender).job(task_id, order, status=status, **fields)
         else:

@@ -1,4 +1,5 @@
-"""Two changes to Celery's and kombu's behaviour that win back what task events cost.
+"""Changes to Celery's and kombu's behaviour: two win back what task events cost, two keep a
+malformed message from stopping a worker (`create_task_handler`, `drop_malformed_messages`).
 
 Measured (bench/throughput.py; ../shared/PERFORMANCE.md has the analysis): the worker's consumer
 process is the bottleneck of a Celery-on-Redis worker, and two things in it cost a third of
@@ -79,6 +80,27 @@ class EventBatchingConsumer(Consumer):  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - shutting down: report, do not block it
             log.warning("could not flush task events at shutdown: %s", exc)
 
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Any error handling one message rejects that message (logged), never the consumer.
+
+        Celery lets an error from a malformed task message (a body that is not
+        `[args, kwargs, embed]`, a missing header) escape to the consumer, which then stops or,
+        since kombu's Redis transport counts `KeyError` as a connection error, restarts for ever.
+        """
+        handler = super().create_task_handler(*args, **kwargs)
+        connection_errors = tuple(e for e in self.connection_errors if e is not KeyError)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the worker
+                self.on_invalid_task(None, message, exc)
+                return None
+
+        return on_task_received
+
     def stop(self) -> None:
         self._flush_now()
         super().stop()
@@ -113,8 +135,37 @@ def reuse_redis_clients() -> bool:
     return True
 
 
+def drop_malformed_messages() -> bool:
+    """Make kombu's Redis channel log and drop a queue item that is not a kombu message (not
+    JSON, not an object, an unknown body encoding) instead of raising out of the worker's event
+    loop, which stops the worker. The item was already popped; there is nothing to give back."""
+    from kombu.transport import redis as redis_transport
+
+    channel = redis_transport.Channel
+    if getattr(channel, "_conveyor_drops_malformed", False):
+        return True
+    if not _tested("kombu", kombu.__version__):
+        return False
+    read = channel._brpop_read
+
+    def _brpop_read(self: Any, **options: Any) -> Any:
+        try:
+            return read(self, **options)
+        except (redis_transport.Empty, *self.connection_errors):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.error("dropped a malformed message from Redis: %r", exc)
+            return True
+
+    channel._brpop_read = _brpop_read
+    channel._conveyor_drops_malformed = True
+    return True
+
+
 def apply(app: Celery) -> None:
-    """Apply both changes for `app`: its workers batch event flushes; this process reuses clients."""
+    """Apply the changes for `app`: its workers batch event flushes and survive malformed
+    messages; this process reuses Redis clients."""
     if _tested("celery", celery.__version__):
         app.conf.worker_consumer = "worker.patches:EventBatchingConsumer"
     reuse_redis_clients()
+    drop_malformed_messages()

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.worker import state as worker_state
 
 log = logging.getLogger("conveyor.recovery")
 
@@ -78,7 +79,14 @@ class NodeHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             channel = c.task_consumer.channel
             qos = channel.qos
             # kombu keeps acknowledged tags in `_delivered` until its next flush (`_dirty`)
-            tags = [t for t in list(qos._delivered) if t not in qos._dirty]
+            held = {t for t in list(qos._delivered) if t not in qos._dirty}
+            # After a Redis reconnect the consumer has a new channel, but jobs taken through the
+            # old one still run: claim every request the worker holds, not just this channel's.
+            for request in (*worker_state.active_requests, *worker_state.reserved_requests):
+                tag = (request.delivery_info or {}).get("delivery_tag")
+                if tag:
+                    held.add(tag)
+            tags = sorted(held)
             claim = json.dumps({
                 "tags": tags, "ts": time.time(),
                 # what `conveyor status` needs to tell a worker that stopped consuming

@@ -60,6 +60,7 @@ def test_database_unreachable_while_worker_runs_loses_nothing(make_settings, red
 
 
 @pytest.mark.slow
+@pytest.mark.one_database
 def test_sqlite_locked_while_worker_runs_loses_nothing(client, make_settings, redis_url, sqlite_url,
                                                        start_worker):
     """SQLite's outage is a lock held past the busy timeout: records wait, then land."""
@@ -80,6 +81,7 @@ def test_sqlite_locked_while_worker_runs_loses_nothing(client, make_settings, re
                message="records written after the lock was released")
 
 
+@pytest.mark.one_database
 def test_killed_pool_child_redelivers_and_records_both_attempts(client, settings, start_worker):
     worker = start_worker(settings, concurrency=1)
     job = client.enqueue("system.sleep", {"seconds": 30, "steps": 30})
@@ -104,6 +106,7 @@ class _Exploit:
         return (Path.touch, (Path(self.path),))
 
 
+@pytest.mark.one_database
 def test_pickled_message_is_refused_and_the_worker_lives_on(client, settings, start_worker, tmp_path):
     worker = start_worker(settings)
     marker = tmp_path / "pwned"
