@@ -347,6 +347,7 @@ class Client:
                     message = amqp.create_task_message(
                         row["id"], spec.name, (), data, argsrepr="()", kwargsrepr=repr(row["kwargs"]),
                         create_sent_event=self.app.conf.task_send_sent_event, root_id=row["id"],
+                        ignore_result=self.app.tasks[spec.name].ignore_result,
                     )
                     amqp.send_task_message(producer, spec.name, message, queue=queue, declare=[],
                                            retry=False, event_dispatcher=sent, headers=dict(headers),

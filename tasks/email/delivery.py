@@ -97,8 +97,11 @@ class Sender:
     # --- entry points -------------------------------------------------------------------------
     def send(self, data: SendInput) -> dict[str, Any]:
         key = data.key or f"job:{self.job_id}"
-        for _ in range(5):  # each turn re-reads the row after losing a race
-            row = self.outbox.find(key)
+        # A campaign's rows exist (the campaign planned them): read first. Other mail is new but
+        # for a retry or a duplicate: insert first, and read only if the key is taken.
+        insert_first = data.campaign is None
+        for turn in range(5):  # each turn re-reads the row after losing a race
+            row = None if insert_first and turn == 0 else self.outbox.find(key)
             if row is None:
                 row = self._create(key, data)
                 if row is None:
@@ -161,9 +164,9 @@ class Sender:
             self.outbox.mark_unknown(row.id, row.job_id or "", reply)
             raise DeliveryUnknown(f"message {row.id} ({row.key}): {reply}; it may have been delivered. "
                                   f"An operator decides: conveyor email resend {row.id}")
-        if not self.outbox.claim(row, self.job_id):
+        claimed = self.outbox.claim(row, self.job_id)
+        if claimed is None:
             return None
-        claimed = self.outbox.get(row.id, raw=True)
         return self._transmit(claimed, data, claimed.raw)
 
     def _transmit(self, row: OutboxMessage, data: SendInput | None, raw: bytes | None) -> dict[str, Any]:

@@ -4,6 +4,11 @@ State changes are compare-and-set updates (`UPDATE ... WHERE status = <what I sa
 jobs that read the same row cannot both claim it, on SQLite (one writer at a time) as on
 PostgreSQL (the second UPDATE re-checks its WHERE once the first commits). Updates made while
 sending also name the claiming job, so a job that lost its claim cannot overwrite the row.
+
+A send runs three short transactions (create or claim, handover, sent) and at most one read.
+Those statements are built once, at import, as Core statements with bound parameters: an ORM
+`update(Model).values(...)` built per call costs SQLAlchemy more CPU (coercions, cache key)
+than SQLite takes to run it. Operator and campaign queries keep the plain ORM style.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, Row, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker, undefer
@@ -42,6 +47,43 @@ def _translated(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+_T: Table = OutboxMessage.__table__  # type: ignore[assignment]  # a Table, typed as FromClause
+#: Every column but the two deferred ones (`raw` and `payload` can be large).
+_LIGHT = [c for c in _T.c if c.key not in ("raw", "payload")]
+#: Insert a row unless its key exists (then no row comes back and no error is raised, nor
+#: logged by PostgreSQL: a retry or a duplicate is routine, not an error).
+_CREATE = {name: insert_of(_T).on_conflict_do_nothing(index_elements=["key"]).returning(_T.c.id)
+           for name, insert_of in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+_FIND = select(*_LIGHT).where(_T.c.key == bindparam("b_key"))
+_GET = select(*_LIGHT).where(_T.c.id == bindparam("b_id"))
+_GET_RAW = select(*_T.c).where(_T.c.id == bindparam("b_id"))
+#: An update of a row this job holds; the SET clause comes from the execution's parameters.
+_MINE = update(_T).where(_T.c.id == bindparam("b_id"), _T.c.job_id == bindparam("b_job"),
+                         _T.c.status == S.SENDING)
+
+
+def _claim_statement(sending: bool) -> Any:
+    """Take a row that is still as it was read; a `sending` row also by its holder and claim
+    time. Returns the claimed row, message included (SQLite 3.35+ and PostgreSQL have
+    UPDATE ... RETURNING; the scheduler's store relies on INSERT ... RETURNING already)."""
+    where = [_T.c.id == bindparam("b_id"), _T.c.status == bindparam("b_status")]
+    if sending:
+        where += [_T.c.job_id == bindparam("b_job"), _T.c.claimed_at == bindparam("b_claimed")]
+    return update(_T).where(*where).values(
+        status=S.SENDING, job_id=bindparam("v_job", type_=_T.c.job_id.type),
+        claimed_at=bindparam("v_now", type_=_T.c.claimed_at.type), data_at=None,
+        attempts=_T.c.attempts + 1, updated_at=bindparam("v_updated", type_=_T.c.updated_at.type),
+    ).returning(*_T.c)
+
+
+_CLAIM = {sending: _claim_statement(sending) for sending in (False, True)}
+
+
+def _message(row: Row[Any] | None) -> OutboxMessage | None:
+    """A detached `OutboxMessage` from a Core row (columns not selected read as None)."""
+    return None if row is None else OutboxMessage(**row._mapping)
+
+
 @functools.lru_cache(maxsize=16)
 def _sessions(engine: Engine) -> sessionmaker[Session]:
     """One session factory per engine (making one costs more than a query)."""
@@ -67,19 +109,24 @@ class Outbox:
             n = conn.execute(stmt).rowcount
             return bool(n)
 
+    def _mine(self, message_id: int, job_id: str, **values: Any) -> bool:
+        """Update a row `job_id` holds (status `sending`); False if it holds it no longer."""
+        params = {"b_id": message_id, "b_job": job_id, "updated_at": utcnow(), **values}
+        with get_engine(self.url).begin() as conn:
+            return bool(conn.execute(_MINE, params).rowcount)
+
     # --- reading --------------------------------------------------------------------------
     @_translated
     def find(self, key: str) -> OutboxMessage | None:
-        with self.session() as s:
-            return s.scalar(select(OutboxMessage).where(OutboxMessage.key == key))
+        """The row of `key`, without the message itself (`raw` and `payload` read as None)."""
+        with get_engine(self.url).connect() as conn:
+            return _message(conn.execute(_FIND, {"b_key": key}).first())
 
     @_translated
     def get(self, message_id: int, *, raw: bool = False) -> OutboxMessage:
-        with self.session() as s:
-            q = select(OutboxMessage).where(OutboxMessage.id == message_id)
-            if raw:
-                q = q.options(undefer(OutboxMessage.raw), undefer(OutboxMessage.payload))
-            row = s.scalar(q)
+        """Row `message_id`; with `raw`, the message and the payload too (else they read None)."""
+        with get_engine(self.url).connect() as conn:
+            row = _message(conn.execute(_GET_RAW if raw else _GET, {"b_id": message_id}).first())
         if row is None:
             raise MessageNotFound(f"no outbox message {message_id}")
         return row
@@ -127,60 +174,55 @@ class Outbox:
         """Insert a row; None if its key exists already (then read and decide again)."""
         now = utcnow()
         values = {"created_at": now, "updated_at": now, "attempts": 0, **values}
+        engine = get_engine(self.url)
         try:
-            with get_engine(self.url).begin() as conn:
-                key = conn.execute(insert(OutboxMessage).values(**values)).inserted_primary_key
-                assert key is not None
-                pk = key[0]
-        except IntegrityError:
+            with engine.begin() as conn:
+                pk = conn.execute(_CREATE[engine.dialect.name], values).scalar()
+        except IntegrityError:  # another unique column (a Message-ID given twice)
             return None
-        return OutboxMessage(id=pk, **values)
+        return None if pk is None else OutboxMessage(id=pk, **values)
 
     @_translated
-    def claim(self, row: OutboxMessage, job_id: str) -> bool:
-        """Take the row for `job_id` if it is still as it was read."""
-        where = [OutboxMessage.id == row.id, OutboxMessage.status == row.status]
-        if row.status == S.SENDING:
-            where.append(OutboxMessage.job_id == row.job_id)
-            where.append(OutboxMessage.claimed_at == row.claimed_at)
+    def claim(self, row: OutboxMessage, job_id: str) -> OutboxMessage | None:
+        """Take the row for `job_id` if it is still as it was read: the row as claimed, with
+        the message (`raw`) and payload, or None if another job changed it first."""
+        sending = row.status == S.SENDING
         now = utcnow()
-        return self._set(where, status=S.SENDING, job_id=job_id, claimed_at=now, data_at=None,
-                         attempts=OutboxMessage.attempts + 1)
-
-    def _mine(self, message_id: int, job_id: str) -> list[Any]:
-        return [OutboxMessage.id == message_id, OutboxMessage.job_id == job_id,
-                OutboxMessage.status == S.SENDING]
+        params = {"b_id": row.id, "b_status": row.status, "v_job": job_id, "v_now": now, "v_updated": now}
+        if sending:
+            params.update(b_job=row.job_id, b_claimed=row.claimed_at)
+        with get_engine(self.url).begin() as conn:
+            return _message(conn.execute(_CLAIM[sending], params).first())
 
     @_translated
     def handover(self, message_id: int, job_id: str, **values: Any) -> bool:
         """The server said 354: from now on a lost connection means the message may be out."""
-        return self._set(self._mine(message_id, job_id), data_at=utcnow(), **values)
+        return self._mine(message_id, job_id, data_at=utcnow(), **values)
 
     @_translated
     def mark_sent(self, message_id: int, job_id: str, response: str,
                   refused: dict[str, str] | None, sent_at: datetime) -> bool:
-        return self._set(self._mine(message_id, job_id), status=S.SENT, sent_at=sent_at,
-                         last_response=response, refused=refused or None)
+        return self._mine(message_id, job_id, status=S.SENT, sent_at=sent_at, last_response=response,
+                          refused=refused or None)
 
     @_translated
     def requeue(self, message_id: int, job_id: str, response: str) -> bool:
         """A transient failure before the data was handed over: the job's retry sends it."""
-        return self._set(self._mine(message_id, job_id), status=S.QUEUED, data_at=None,
-                         last_response=response)
+        return self._mine(message_id, job_id, status=S.QUEUED, data_at=None, last_response=response)
 
     @_translated
     def mark_failed(self, message_id: int, job_id: str, response: str,
                     refused: dict[str, str] | None = None) -> bool:
-        return self._set(self._mine(message_id, job_id), status=S.FAILED, last_response=response,
-                         refused=refused or None)
+        return self._mine(message_id, job_id, status=S.FAILED, last_response=response,
+                          refused=refused or None)
 
     @_translated
     def mark_unknown(self, message_id: int, job_id: str, response: str) -> bool:
-        return self._set(self._mine(message_id, job_id), status=S.UNKNOWN, last_response=response)
+        return self._mine(message_id, job_id, status=S.UNKNOWN, last_response=response)
 
     @_translated
     def store_rendered(self, message_id: int, job_id: str, **values: Any) -> bool:
-        return self._set(self._mine(message_id, job_id), **values)
+        return self._mine(message_id, job_id, **values)
 
     # --- scheduled messages ---------------------------------------------------------------
     @_translated
