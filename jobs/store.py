@@ -52,6 +52,36 @@ def _translated(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+@functools.cache
+def _upserts(dialect: str) -> tuple[Any, Any]:
+    """The two lifecycle upserts, built once per dialect (building and cache-keying the large
+    CASE expressions cost more than the write itself when done per batch).
+
+    A job record overrides a column only when its `state_order` is at least the row's (otherwise
+    it only fills gaps), so batches from different processes commute."""
+    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = ins(Job)
+    newer = stmt.excluded.state_order >= Job.state_order
+    sets: dict[str, Any] = {
+        f: case(
+            (newer, func.coalesce(getattr(stmt.excluded, f), getattr(Job, f))),
+            else_=func.coalesce(getattr(Job, f), getattr(stmt.excluded, f)),
+        )
+        for f in JOB_FIELDS
+        if f not in ("idempotency_key", "attempts")
+    }
+    # Attempts only grow; the status and the order follow the higher-ranked record.
+    sets["attempts"] = case((stmt.excluded.attempts > Job.attempts, stmt.excluded.attempts), else_=Job.attempts)
+    sets["status"] = case((newer, stmt.excluded.status), else_=Job.status)
+    sets["state_order"] = case((newer, stmt.excluded.state_order), else_=Job.state_order)
+    job_stmt = stmt.on_conflict_do_update(index_elements=[Job.id], set_=sets)
+    astmt = ins(JobAttempt)
+    asets = {f: func.coalesce(getattr(astmt.excluded, f), getattr(JobAttempt, f)) for f in ATTEMPT_FIELDS}
+    attempt_stmt = astmt.on_conflict_do_update(index_elements=[JobAttempt.job_id, JobAttempt.number],
+                                               set_=asets)
+    return job_stmt, attempt_stmt
+
+
 class JobStore:
     """The job store of one database URL."""
 
@@ -161,9 +191,6 @@ class JobStore:
             s.commit()
 
     # --- lifecycle records ------------------------------------------------------------------
-    def _insert(self) -> Any:
-        return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-
     @_translated
     def apply(self, jobs: Iterable[dict[str, Any]], attempts: Iterable[dict[str, Any]]) -> None:
         """Upsert a batch of lifecycle records in one transaction.
@@ -176,40 +203,13 @@ class JobStore:
                     for r in jobs]
         attempt_rows = [{"job_id": r["job_id"], "number": r["number"],
                          **{f: r.get(f) for f in ATTEMPT_FIELDS}} for r in attempts]
-        ins = self._insert()
+        job_stmt, attempt_stmt = _upserts(self.dialect)
         # Core, not the ORM session: ORM bulk mode would apply column defaults over our values.
         with get_engine(self.url).begin() as conn:
             if job_rows:
-                stmt = ins(Job)
-                newer = stmt.excluded.state_order >= Job.state_order
-                sets: dict[str, Any] = {
-                    f: case(
-                        (newer, func.coalesce(getattr(stmt.excluded, f), getattr(Job, f))),
-                        else_=func.coalesce(getattr(Job, f), getattr(stmt.excluded, f)),
-                    )
-                    for f in JOB_FIELDS
-                    if f not in ("idempotency_key", "attempts")
-                }
-                # Attempts only grow.
-                sets["attempts"] = case(
-                    (stmt.excluded.attempts > Job.attempts, stmt.excluded.attempts), else_=Job.attempts
-                )
-                # The job status and the order follow the higher-ranked record.
-                sets["status"] = case((newer, stmt.excluded.status), else_=Job.status)
-                sets["state_order"] = case((newer, stmt.excluded.state_order), else_=Job.state_order)
-                conn.execute(stmt.on_conflict_do_update(index_elements=[Job.id], set_=sets), job_rows)
+                conn.execute(job_stmt, job_rows)
             if attempt_rows:
-                astmt = ins(JobAttempt)
-                asets = {
-                    f: func.coalesce(getattr(astmt.excluded, f), getattr(JobAttempt, f))
-                    for f in ATTEMPT_FIELDS
-                }
-                conn.execute(
-                    astmt.on_conflict_do_update(
-                        index_elements=[JobAttempt.job_id, JobAttempt.number], set_=asets
-                    ),
-                    attempt_rows,
-                )
+                conn.execute(attempt_stmt, attempt_rows)
 
     @_translated
     def redelivered(self, job_id: str, attempt: int) -> int:
