@@ -25,26 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from tasks.reconciliation.models import ITEM_COLUMNS
+
 FORMULA_START = r"^[=+\-@\t\r]"
 PLAIN_NUMBER = r"^[+-]?[0-9]+(\.[0-9]+)?$"
 
-REPORT_COLUMNS = (
-    "seq",
-    "type",
-    "kind",
-    "currency",
-    "ledger_ids",
-    "statement_ids",
-    "ledger_lines",
-    "statement_lines",
-    "ledger_date",
-    "statement_date",
-    "ledger_amount",
-    "statement_amount",
-    "difference",
-    "reference",
-    "reason",
-)
+#: The report has every item column but the run id (one report is one run).
+REPORT_COLUMNS = tuple(c for c in ITEM_COLUMNS if c != "run_id")
 
 
 def escape_cell(value: str | None) -> str | None:
