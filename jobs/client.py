@@ -329,13 +329,11 @@ class Client:
 
     def _publish_many(self, spec: TaskSpec, rows: list[dict[str, Any]], datas: list[dict[str, Any]],
                       *, priority: int | None, source: str, batch_size: int) -> None:
-        """Publish through Celery's own message path, pipelined, with two savings over a loop of
-        `apply_async`: each queue is declared once instead of per message, and the task-sent
-        events (what Flower shows as "sent") go out in batches of `batch_size` as Celery's
-        buffered `task.multi` events instead of one PUBLISH each."""
+        """Publish through Celery's own message path, pipelined, each queue declared once
+        instead of per message. The task-sent events (what Flower shows as "sent") go out in
+        batches through the app's `worker.patches.SentEventBatcher`."""
         amqp = self.app.amqp
         headers = self._headers(source, None)
-        sent = _CollectedEvents()
         declared: set[str] = set()
         with self.app.producer_or_acquire() as producer:
             with producer.batch(max_size=batch_size):
@@ -350,15 +348,8 @@ class Client:
                         ignore_result=self.app.tasks[spec.name].ignore_result,
                     )
                     amqp.send_task_message(producer, spec.name, message, queue=queue, declare=[],
-                                           retry=False, event_dispatcher=sent, headers=dict(headers),
+                                           retry=False, headers=dict(headers),
                                            priority=priority)
-            if sent.events:
-                dispatcher = self.app.events.Dispatcher(producer.connection, buffer_group=["task"],
-                                                        buffer_limit=batch_size)
-                with dispatcher:
-                    for fields in sent.events:
-                        dispatcher.send("task-sent", **fields)
-                    dispatcher.flush()
 
     # --- reading ---------------------------------------------------------------------------
     def get_job(self, job_id: str) -> Job:
@@ -438,16 +429,6 @@ def _after_commit(session: Session, publish: Any) -> None:
         @event.listens_for(session, "after_rollback")
         def _forget(sess: Session) -> None:
             sess.info["conveyor_publish"] = []
-
-
-class _CollectedEvents:
-    """Stands in for Celery's event dispatcher in `send_task_message`: keeps the sent events."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def publish(self, type: str, fields: dict[str, Any], producer: Any, **_: Any) -> None:
-        self.events.append(fields)
 
 
 _default: Client | None = None

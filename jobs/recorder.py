@@ -2,9 +2,11 @@
 
 Writing a row per lifecycle event on the task's path halves a worker's throughput (see
 bench/README.md). Instead each process keeps a buffer keyed by job id; a flusher thread
-writes it every `interval` seconds (or sooner when `batch_size` records wait) with one
-executemany upsert per table. Records commute (see `jobs.models.state_order`), so buffers of
-different processes may land in any order. A failed write puts the batch back, merged under
+writes it with one executemany upsert per table at most `interval` seconds after its first
+record, sooner when `batch_size` records wait or when no new record came for `QUIET` seconds
+(so a burst's last records land within milliseconds, not a whole interval, of its last job).
+Records commute (see `jobs.models.state_order`), so buffers of different processes may land in
+any order. A failed write puts the batch back, merged under
 anything newer, and is retried with backoff: a worker whose database is down keeps running
 jobs and writes what it owes once the database is back.
 """
@@ -15,12 +17,17 @@ import atexit
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from jobs.errors import StoreUnavailable
 from jobs.store import JobStore
 
 log = logging.getLogger("conveyor.recorder")
+
+#: Flush early once the buffer has had no new record for this long: under load records keep
+#: coming and batches stay `interval` long; when a burst ends, its tail is written at once.
+QUIET = 0.01
 
 #: Past this many unwritten records, new ones are still kept but an error is logged.
 BACKLOG_WARNING = 200_000
@@ -50,6 +57,8 @@ class Recorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._first = 0.0  # monotonic time of the oldest unwritten record (0: none)
+        self._last = 0.0  # ... and of the newest
         self.pid = os.getpid()
 
     # --- called from signal handlers: cheap, never raises ----------------------------------
@@ -58,6 +67,7 @@ class Recorder:
         with self._lock:
             self._jobs[job_id] = _merge(self._jobs.get(job_id), rec)
             n = len(self._jobs)
+            self._touch()
         self._started()
         if n >= self.batch_size:
             self._wake.set()
@@ -68,7 +78,16 @@ class Recorder:
         with self._lock:
             old = self._attempts.get(key)
             self._attempts[key] = {**old, **{k: v for k, v in rec.items() if v is not None}} if old else rec
+            self._touch()
         self._started()
+
+    def _touch(self) -> None:
+        """Note a new record (under the lock); wake the flusher if the buffer was empty."""
+        now = time.monotonic()
+        if not self._first:
+            self._first = now
+            self._wake.set()
+        self._last = now
 
     @property
     def pending(self) -> int:
@@ -81,6 +100,7 @@ class Recorder:
         with self._lock:
             jobs, self._jobs = self._jobs, {}
             attempts, self._attempts = self._attempts, {}
+            self._first = self._last = 0.0
         if not jobs and not attempts:
             return True
         try:
@@ -92,6 +112,8 @@ class Recorder:
                 for key, rec in attempts.items():
                     newer = self._attempts.get(key)
                     self._attempts[key] = {**rec, **{k: v for k, v in (newer or {}).items() if v is not None}}
+                self._first = self._first or time.monotonic()
+                self._last = self._last or self._first
                 backlog = len(self._jobs) + len(self._attempts)
             if not self._failing:
                 kind = "unavailable" if isinstance(exc, StoreUnavailable) else "failing"
@@ -105,14 +127,35 @@ class Recorder:
             self._failing = False
         return True
 
+    def _due_in(self) -> float | None:
+        """Seconds until the buffer should be written (0: now), None when it is empty."""
+        with self._lock:
+            first, last, n = self._first, self._last, len(self._jobs)
+        if not first:
+            return None
+        if n >= self.batch_size:
+            return 0.0
+        now = time.monotonic()
+        return max(0.0, min(first + self.interval, last + QUIET) - now)
+
     def _run(self) -> None:
-        delay = self.interval
+        backoff = 0.0
         while not self._stop.is_set():
-            self._wake.wait(delay)
-            self._wake.clear()
+            due = self._due_in()
+            if due is None:  # empty: sleep until the first record wakes us
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            if due > 0 or backoff:
+                self._wake.wait(max(due, backoff))
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                if not backoff and (self._due_in() or 0.0) > 0:
+                    continue
             ok = self.flush()
             # Back off while the store is down so a dead database is not hammered.
-            delay = self.interval if ok else min(max(delay * 2, 0.5), 5.0)
+            backoff = 0.0 if ok else min(max(backoff * 2, 0.5), 5.0)
 
     def _started(self) -> None:
         if self._thread is None:

@@ -123,6 +123,7 @@ def connect(app: Celery) -> None:
             return  # recorded already by enqueue(), or a retry the worker records itself
         args, kwargs = (body[0], body[1]) if isinstance(body, tuple) else ([], {})
         spec = REGISTRY.get(sender or "")
+        now = utcnow()
         source = headers.get("conveyor_source") or (
             "workflow" if headers.get("parent_id") or headers.get("group") else "api"
         )
@@ -138,7 +139,10 @@ def connect(app: Celery) -> None:
             eta=_parse_eta(headers.get("eta")),
             parent_id=headers.get("parent_id"),
             root_id=headers.get("root_id"),
-            created_at=utcnow(),
+            created_at=now,
+            # On the broker already: the relay must not take it for a transactional job whose
+            # commit hook died and publish it again, and `recover_lost` may look for it.
+            published_at=now,
         )
 
     # --- worker side: a pool child running the job ------------------------------------------

@@ -1,4 +1,4 @@
-"""Changes to Celery's and kombu's behaviour: two win back what task events cost, two keep a
+"""Changes to Celery's and kombu's behaviour: three win back what task events cost, two keep a
 malformed message from stopping a worker (`create_task_handler`, `drop_malformed_messages`).
 
 Measured (bench/throughput.py; ../shared/PERFORMANCE.md has the analysis): the worker's consumer
@@ -17,7 +17,15 @@ its throughput once task events are on, as Flower needs them:
    are thread-safe and stateless apart from the pool). A new pool (after fork or a reconnect)
    gets a new client.
 
-Both are applied explicitly by `worker.factory.create_app` (unless `patch=False`), only on the
+3. **Task-sent events.** With `task_send_sent_event` on, Celery's producer publishes one event
+   per message it sends, at once, through its own PUBLISH: that cost a producer more than the
+   message itself (bench/throughput.py's producer: 195 us a job plain, 405 us with the sent
+   event). `SentEventBatcher` stands in for the dispatcher `send_task_message` uses by default
+   and publishes the same events in `task.multi` batches, as a worker does its own, at most
+   `event_flush_interval` seconds later (and at exit). Celery's `EventReceiver`, which Flower
+   is built on, takes a batch as the events it holds.
+
+All are applied explicitly by `worker.factory.create_app` (unless `patch=False`), only on the
 versions they were tested with (`TESTED`); on other versions they are skipped with a warning.
 tests/core/test_patches.py fails if an upgrade changes what they rely on. Both are small enough
 to propose upstream as options.
@@ -25,7 +33,10 @@ to propose upstream as options.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -110,6 +121,98 @@ class EventBatchingConsumer(Consumer):  # type: ignore[misc]
         super().shutdown()
 
 
+class SentEventBatcher:
+    """The producer side's task-sent events, published in batches from a background thread.
+
+    Takes the place of `app.amqp._event_dispatcher`, the dispatcher Celery's
+    `send_task_message` publishes sent events with unless a caller passes its own; only its
+    `publish(type, fields, producer, ...)` is called. Events are stamped (clock, time, host,
+    pid) when the message is sent, not when the batch goes out. A batch that cannot be
+    published (the broker is away) is dropped with a warning: these are monitoring events, and
+    the job store, not the event stream, is the record of what was enqueued.
+    """
+
+    #: Publish at once, from the caller's thread, when this many events wait.
+    LIMIT = 1000
+
+    def __init__(self, app: Celery, interval: float) -> None:
+        self.app = app
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._events: list[dict[str, Any]] = []
+        self._pid = 0
+        self._dispatcher: Any = None
+
+    def publish(self, type: str, fields: dict[str, Any], producer: Any, blind: bool = False,
+                **_: Any) -> None:
+        from celery.events.event import Event
+        from celery.utils.time import utcoffset
+
+        pid = os.getpid()
+        event = Event(type, hostname=self._hostname(), utcoffset=utcoffset(), pid=pid,
+                      clock=None if blind else self.app.clock.forward(), **fields)
+        with self._lock:
+            if self._pid != pid:  # first use in this process (or a forked child): own thread
+                self._start(pid)
+            self._events.append(event)
+            full = len(self._events) >= self.LIMIT
+        if full:
+            self.flush()
+
+    def _hostname(self) -> str:
+        from celery.utils.nodenames import anon_nodename
+
+        name = self.__dict__.get("_name")
+        if name is None:
+            name = self.__dict__["_name"] = anon_nodename()
+        return name
+
+    def _start(self, pid: int) -> None:
+        self._pid, self._events, self._dispatcher = pid, [], None
+        threading.Thread(target=self._run, name="conveyor-sent-events", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _run(self) -> None:
+        pid = self._pid
+        while self._pid == pid:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            events, self._events = self._events, []
+            if not events or self._pid != os.getpid():
+                return
+            try:
+                if self._dispatcher is None:
+                    self._dispatcher = self.app.events.Dispatcher(self.app.connection_for_write(),
+                                                                  enabled=True)
+                d = self._dispatcher
+                d.producer.publish(events, routing_key="task.multi", exchange=d.exchange.name,
+                                   declare=[d.exchange], serializer=d.serializer, headers=d.headers,
+                                   delivery_mode=d.delivery_mode, retry=True,
+                                   retry_policy={"max_retries": 1, "interval_start": 0.2})
+            except Exception as exc:  # noqa: BLE001 - monitoring only: never fail the caller
+                log.warning("dropped %d task-sent events: %s", len(events), exc)
+                self._dispatcher = None
+
+
+def batch_sent_events(app: Celery) -> bool:
+    """Make `app`'s producer publish task-sent events in batches (see `SentEventBatcher`)."""
+    if not _tested("celery", celery.__version__):
+        return False
+    settings = getattr(app.conf, "conveyor_settings", None)
+    interval = float(getattr(settings, "event_flush_interval", 0.1))
+    if interval <= 0 or not app.conf.task_send_sent_event:
+        return False
+    # `send_task_message` binds this cached property as its default dispatcher when it is
+    # first built: set it before the app sends anything.
+    app.amqp.__dict__["_event_dispatcher"] = SentEventBatcher(app, interval)
+    return True
+
+
 def reuse_redis_clients() -> bool:
     """Make kombu's Redis channels reuse one client per connection pool (idempotent)."""
     from kombu.transport import redis as redis_transport
@@ -164,8 +267,9 @@ def drop_malformed_messages() -> bool:
 
 def apply(app: Celery) -> None:
     """Apply the changes for `app`: its workers batch event flushes and survive malformed
-    messages; this process reuses Redis clients."""
+    messages, its producers batch task-sent events; this process reuses Redis clients."""
     if _tested("celery", celery.__version__):
         app.conf.worker_consumer = "worker.patches:EventBatchingConsumer"
+        batch_sent_events(app)
     reuse_redis_clients()
     drop_malformed_messages()

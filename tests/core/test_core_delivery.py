@@ -75,6 +75,20 @@ def test_crash_between_commit_and_publish_loses_nothing(dclient, dsettings, star
     assert len(dclient.attempts(job.id)) == 1
 
 
+def test_jobs_published_outside_enqueue_are_never_relayed_again(dclient, dsettings, start_worker):
+    """A plain `.delay()` (or a workflow's publish) is recorded as published: a worker's relay
+    must not take it for a transactional job whose commit hook died, however long it waits."""
+    ping = dclient.app.tasks["system.ping"]
+    res = ping.apply_async(kwargs={"message": "once"}, queue="maintenance")  # no worker there
+    job_id = res.id
+    wait_until(lambda: dclient.store.list(limit=5), timeout=10, message="the job's record")
+    start_worker(dsettings, queues="default")  # its relay passes every 0.2 s, grace 0.5 s
+    time.sleep(2)
+    assert queue_depths(dsettings.broker_url)["maintenance"] == 1  # still exactly one message
+    row = dclient.store.get(job_id)
+    assert row.status == JobStatus.QUEUED and row.published_at is not None
+
+
 @pytest.mark.one_database
 def test_long_delays_are_held_in_the_store_until_due(dclient, dsettings, start_worker):
     from jobs.client import Client
