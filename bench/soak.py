@@ -70,8 +70,12 @@ def rss_kib(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
+    """A worker's pool children: what crashing jobs and the OOM killer take down (its recorder
+    process runs no job code)."""
+    from worker.recorder_process import is_recorder_process
+
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    return [int(p) for p in out.split() if not is_recorder_process(int(p))]
 
 
 @dataclass

@@ -9,15 +9,25 @@ Records commute (see `jobs.models.state_order`), so buffers of different process
 any order. A failed write puts the batch back, merged under
 anything newer, and is retried with backoff: a worker whose database is down keeps running
 jobs and writes what it owes once the database is back.
+
+A worker's pool children do not keep a buffer: their `ForwardingRecorder` sends each record at
+once over a Unix socket to the worker's recorder process (worker/recorder_process.py), which
+runs a `Recorder`. The database work then happens off the process running jobs, and a child
+killed right after its job loses nothing.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
+import socket
+import struct
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from jobs.errors import StoreUnavailable
@@ -53,6 +63,7 @@ class Recorder:
         self._jobs: dict[str, dict[str, Any]] = {}
         self._attempts: dict[tuple[str, int], dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,6 +92,15 @@ class Recorder:
             self._touch()
         self._started()
 
+    def add(self, job: tuple[str, int, dict[str, Any]] | None = None,
+            attempt: tuple[str, int, dict[str, Any]] | None = None, hold: bool = False) -> None:
+        """A job record and an attempt record at once (either may be None; `hold` is for
+        `ForwardingRecorder`: a buffer holds everything anyway)."""
+        if job:
+            self.job(job[0], job[1], **job[2])
+        if attempt:
+            self.attempt(attempt[0], attempt[1], **attempt[2])
+
     def _touch(self) -> None:
         """Note a new record (under the lock); wake the flusher if the buffer was empty."""
         now = time.monotonic()
@@ -97,6 +117,10 @@ class Recorder:
     # --- writing ---------------------------------------------------------------------------
     def flush(self) -> bool:
         """Write everything buffered; on failure keep it for the next try. True if written."""
+        with self._flush_lock:  # batches land in the order they were taken
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
             jobs, self._jobs = self._jobs, {}
             attempts, self._attempts = self._attempts, {}
@@ -181,19 +205,190 @@ class Recorder:
             log.error("exiting with %d lifecycle records unwritten", self.pending)
 
 
-_recorders: dict[tuple[int, str], Recorder] = {}
+class ForwardingRecorder:
+    """A pool child's recorder: sends its records to the worker's recorder process.
+
+    A job's records go out in one frame when the job ends (its start held back with them), so
+    a job costs one send; a start is sent on its own once its job has run for `QUIET` seconds,
+    so a long job shows as started. Everything a job recorded is sent before its result goes
+    back to the worker's main process: a child killed after that loses nothing.
+
+    One connection per child, so frames never interleave; a frame is a 4-byte length and a JSON
+    list of records (JSON, not pickle: nothing that reads the socket runs what it is sent). If
+    the recorder process cannot be reached, this child records through a local `Recorder`
+    from then on, and says so once.
+    """
+
+    def __init__(self, address: str, local: Callable[[], Recorder]) -> None:
+        self.address = address
+        self._local_factory = local
+        self._local: Recorder | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._held: list[list[Any]] = []
+        self._held_since = 0.0
+        self._armed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def job(self, job_id: str, state_order: int, **fields: Any) -> None:
+        self.add(job=(job_id, state_order, fields))
+
+    def attempt(self, job_id: str, number: int, **fields: Any) -> None:
+        self.add(attempt=(job_id, number, fields))
+
+    def add(self, job: tuple[str, int, dict[str, Any]] | None = None,
+            attempt: tuple[str, int, dict[str, Any]] | None = None, hold: bool = False) -> None:
+        """A job record and an attempt record (either may be None); `hold`: the job has only
+        started, its end will carry these."""
+        records = [["j", *job]] if job else []
+        if attempt:
+            records.append(["a", *attempt])
+        with self._lock:
+            self._held.extend(records)
+            if hold:
+                if not self._held_since:
+                    self._held_since = time.monotonic()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="conveyor-forward", daemon=True)
+                    self._thread.start()
+                self._armed.set()
+                return
+            records, self._held, self._held_since = self._held, [], 0.0
+            self._send(records)
+
+    def flush(self) -> bool:
+        """Write everything this child recorded through to the job store before returning
+        (the recorder process confirms); True if written."""
+        with self._lock:
+            records, self._held, self._held_since = self._held, [], 0.0
+            return self._send(records, sync=True)
+
+    def _run(self) -> None:
+        while True:
+            self._armed.wait()
+            time.sleep(QUIET)
+            with self._lock:
+                if self._held and time.monotonic() - self._held_since >= QUIET:
+                    records, self._held, self._held_since = self._held, [], 0.0
+                    self._send(records)
+                if not self._held:
+                    self._armed.clear()
+
+    def _send(self, records: list[list[Any]], sync: bool = False) -> bool:
+        """Under the lock. With `sync`, wait until the recorder process has written all it
+        holds; True if it did (or, without `sync`, if the records were handed over)."""
+        if self._local is None:
+            try:
+                payload = json.dumps([*records, [SYNC]] if sync else records, default=_encode).encode()
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    self._sock.connect(self.address)
+                self._sock.sendall(struct.pack("!I", len(payload)) + payload)
+                if not sync:
+                    return True
+                self._sock.settimeout(SYNC_TIMEOUT)
+                try:
+                    reply = self._sock.recv(1)
+                finally:
+                    self._sock.settimeout(None)
+                if reply:
+                    return reply == b"1"
+                raise ConnectionResetError("the recorder process closed the connection")
+            except (OSError, TypeError, ValueError) as exc:
+                log.warning("recorder process unreachable (%s); recording from this process", exc)
+                self._local = self._local_factory()
+                self._disconnect()
+        for kind, key, order, fields in records:  # a partly sent frame is dropped there: no double
+            (self._local.job if kind == "j" else self._local.attempt)(key, order, **fields)
+        return self._local.flush() if sync else True
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._held) + (self._local.pending if self._local else 0)
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            records, self._held, self._held_since = self._held, [], 0.0
+            if records:
+                self._send(records)
+            self._disconnect()
+        if self._local is not None:
+            self._local.close(timeout)
+
+
+#: A frame's last entry when the sender waits until everything is written (one byte back:
+#: b"1" written, b"0" not, the store being away).
+SYNC = "sync"
+SYNC_TIMEOUT = 60.0
+
+#: Columns that hold datetimes, sent as ISO strings (see `decode_records`).
+DATETIME_FIELDS = frozenset({"eta", "created_at", "started_at", "finished_at", "cancel_requested_at",
+                             "published_at", "publish_after"})
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot send a {type(value).__name__} to the recorder process")
+
+
+def decode_records(payload: bytes) -> tuple[list[tuple[str, str, int, dict[str, Any]]], bool]:
+    """The records of one frame sent by a `ForwardingRecorder`, and whether it asks for a sync."""
+    entries = json.loads(payload)
+    sync = bool(entries) and entries[-1] == [SYNC]
+    out = []
+    for kind, key, order, fields in entries[:-1] if sync else entries:
+        for name in DATETIME_FIELDS.intersection(fields):
+            if isinstance(fields[name], str):
+                fields[name] = datetime.fromisoformat(fields[name])
+        out.append((kind, key, int(order), fields))
+    return out, sync
+
+
+#: Set in a worker's main process (worker/recorder_process.py) before its pool forks: the
+#: children forward to this address; the main process itself keeps a local recorder.
+_forward: dict[str, Any] = {}
+
+
+def forward_to(address: str | None, owner_pid: int | None = None) -> None:
+    """Make this process's forked children send their records to `address` (None: stop)."""
+    _forward.clear()
+    if address:
+        _forward.update(address=address, owner=owner_pid or os.getpid())
+
+
+_recorders: dict[tuple[int, str], Recorder | ForwardingRecorder] = {}
 _recorders_lock = threading.Lock()
 
 
-def get_recorder(database_url: str, interval: float = 0.1, batch_size: int = 500) -> Recorder:
-    """This process's recorder for `database_url` (a forked child gets a fresh one)."""
-    key = (os.getpid(), database_url)
+def get_recorder(database_url: str, interval: float = 0.1,
+                 batch_size: int = 500) -> Recorder | ForwardingRecorder:
+    """This process's recorder for `database_url` (a forked child gets a fresh one): a
+    forwarding one in a worker's pool child, a local buffer anywhere else."""
+    pid = os.getpid()
+    key = (pid, database_url)
     rec = _recorders.get(key)
     if rec is None:
         with _recorders_lock:
             rec = _recorders.get(key)
             if rec is None:
-                rec = _recorders[key] = Recorder(JobStore(database_url), interval, batch_size)
+                def local() -> Recorder:
+                    return Recorder(JobStore(database_url), interval, batch_size)
+
+                forward = _forward.get("address")
+                if forward and _forward.get("owner") != pid:
+                    rec = ForwardingRecorder(forward, local)
+                else:
+                    rec = local()
+                _recorders[key] = rec
     return rec
 
 

@@ -303,8 +303,17 @@ class WorkerProcess:
             self.proc.wait(10)
 
     def children(self) -> list[int]:
+        """The worker's pool children (not its recorder process)."""
+        from worker.recorder_process import is_recorder_process
+
         out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
+        return [int(p) for p in out.split() if not is_recorder_process(int(p))]
+
+    def recorder_process(self) -> int | None:
+        from worker.recorder_process import is_recorder_process
+
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
+        return next((int(p) for p in out.split() if is_recorder_process(int(p))), None)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.1,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from config import Settings
 from jobs.errors import PermanentError, Quarantined
 from jobs.models import JobStatus, state_order
-from jobs.recorder import Recorder, get_recorder
+from jobs.recorder import ForwardingRecorder, Recorder, get_recorder
 from jobs.store import JobStore
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class ConveyorTask(Task):  # type: ignore[misc]
         return JobStore(self.settings.database_url)
 
     @property
-    def recorder(self) -> Recorder:
+    def recorder(self) -> Recorder | ForwardingRecorder:
         s = self.settings
         return get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size)
 

@@ -1,7 +1,8 @@
 """Celery signal handlers that record each job's life in the job store.
 
-Each handler pulls the ids out of Celery's arguments, hands one record to this process's
-`Recorder` (a buffer, no I/O on the task's path) and logs, never raises, on failure.
+Each handler pulls the ids out of Celery's arguments, hands the records to this process's
+recorder (no database I/O on the task's path: a pool child sends them to the worker's recorder
+process, any other process buffers them) and logs, never raises, on failure.
 `connect(app)` wires them; nothing is connected at import.
 """
 
@@ -23,7 +24,7 @@ from celery.worker import state as worker_state
 
 from jobs.db import dispose_engines, utcnow
 from jobs.models import REVOKED_ORDER, AttemptOutcome, AttemptReason, JobStatus, state_order
-from jobs.recorder import Recorder, close_recorders, get_recorder
+from jobs.recorder import ForwardingRecorder, Recorder, close_recorders, get_recorder
 from jobs.store import JobStore
 from tasks.registry import REGISTRY
 
@@ -98,9 +99,13 @@ def _settings(sender: Any = None) -> Any:
     return app.conf.conveyor_settings
 
 
-def _recorder(sender: Any = None) -> Recorder:
+def _recorder(sender: Any = None) -> Recorder | ForwardingRecorder:
     s = _settings(sender)
     return get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size)
+
+
+#: This worker's recorder process (worker/recorder_process.py), once started.
+_recorder_process: list[Any] = []
 
 
 def connect(app: Celery) -> None:
@@ -193,9 +198,7 @@ def connect(app: Celery) -> None:
                 return
             except Exception:  # noqa: BLE001 - fall back to the buffer
                 pass
-        rec = recorder(sender)
-        rec.job(task_id, order, **job)
-        rec.attempt(task_id, attempt, **run)
+        recorder(sender).add(job=(task_id, order, job), attempt=(task_id, attempt, run), hold=True)
 
     def _finish(sender: Any, task_id: str, status: JobStatus, outcome: AttemptOutcome,
                 **fields: Any) -> None:
@@ -207,17 +210,15 @@ def connect(app: Celery) -> None:
             runtime = time.monotonic() - req.conveyor_started
             # Each record carries its attempt's identity, so it never pairs with an older one's.
             fields = {"worker": HOST, "started_at": req.conveyor_started_at, **fields}
-            recorder(sender).attempt(task_id, attempt, finished_at=now, outcome=outcome,
-                               error=fields.get("error_message"))
+            run = (task_id, attempt, {"finished_at": now, "outcome": outcome,
+                                      "error": fields.get("error_message")})
         else:  # the main process, after the pool child is gone (a hard time limit)
-            attempt, order, runtime = None, FINAL_ORDER, None
+            attempt, order, runtime, run = None, FINAL_ORDER, None, None
             JobStore(_settings(sender).database_url).close_running_attempts(
                 task_id, outcome, fields.get("error_message"))
-        if status is JobStatus.RETRYING:
-            recorder(sender).job(task_id, order, status=status, **fields)
-        else:
-            recorder(sender).job(task_id, order, status=status, finished_at=now, runtime=runtime,
-                           attempts=attempt, **fields)
+        if status is not JobStatus.RETRYING:
+            fields = {"finished_at": now, "runtime": runtime, "attempts": attempt, **fields}
+        recorder(sender).add(job=(task_id, order, {"status": status, **fields}), attempt=run)
 
     @_safe
     def success(sender: Any = None, result: Any = None, **_: Any) -> None:
@@ -263,9 +264,16 @@ def connect(app: Celery) -> None:
         close_recorders()  # pool children leave through os._exit: atexit would not run
 
     def worker_init(sender: Any = None, **_: Any) -> None:
+        settings = sender.app.conf.conveyor_settings
+        # Before the pool forks (and before this process starts threads): the process its
+        # children send their records to.
+        if "prefork" in str(getattr(sender, "pool_cls", "prefork")).lower():
+            from worker import recorder_process
+
+            _recorder_process.append(recorder_process.start(
+                settings.database_url, settings.record_flush_interval, settings.record_batch_size))
         # Before the consumer takes its first message: a job cancelled while no worker ran
         # must already be in the revoked set when its message arrives.
-        settings = sender.app.conf.conveyor_settings
         watcher = CancellationWatcher(JobStore(settings.database_url), settings.cancel_poll_interval,
                                       timedelta(seconds=settings.visibility_timeout))
         try:
@@ -276,6 +284,8 @@ def connect(app: Celery) -> None:
 
     def worker_shutdown(**_: Any) -> None:
         close_recorders()
+        while _recorder_process:  # the pool is down: let the recorder process finish writing
+            _recorder_process.pop().stop()
 
     for signal, handler in [
         (signals.before_task_publish, before_publish),

@@ -4,10 +4,12 @@ A small supervisor, in the spirit of honcho/foreman with a restart policy: each 
 worker, beat, Flower) is a child process in a process group of its own, its output prefixed
 with its coloured name. Start-up waits until each part answers its health check. A part that
 exits is reported and started again after an exponential backoff; the rest of the stack stays
-up. Ctrl-C or SIGTERM stops the parts in order (beat first, so nothing new is scheduled, then
-the workers with Celery's warm shutdown, so running jobs finish, then Flower, so it sees the
-last events); a second Ctrl-C forces it. Whatever is left in a part's process group at the end
-is killed: nothing outlives `up`.
+up. A worker that is alive but no longer consuming (its queues have work, it has free slots, it
+received nothing for `stall_after` seconds: the classic consumer stuck after a Redis reconnect)
+is stopped and so started again. Ctrl-C or SIGTERM stops the parts in order (beat first, so
+nothing new is scheduled, then the workers with Celery's warm shutdown, so running jobs finish,
+then Flower, so it sees the last events); a second Ctrl-C forces it. Whatever is left in a
+part's process group at the end is killed: nothing outlives `up`.
 
 Signal handlers only set flags; the loop acts on them (huey's consumer does the same).
 """
@@ -39,6 +41,10 @@ SETTLE_SECONDS = 2.0
 STABLE_SECONDS = 30.0
 POLL_SECONDS = 0.1
 PROBE_SECONDS = 0.5
+#: How often a part's `stalled` check runs, and how long a stalled part gets to stop before
+#: it is killed.
+STALL_CHECK_SECONDS = 5.0
+STALL_STOP_SECONDS = 30.0
 COLOURS = ("cyan", "magenta", "blue", "green", "yellow", "bright_cyan", "bright_magenta")
 
 # On Linux a part is told to stop (SIGTERM) if `up` itself dies, even by SIGKILL, so no part is
@@ -65,6 +71,8 @@ class PartSpec:
     env: dict[str, str] | None = field(default=None, repr=False)
     #: Returns True once the part answers; None: up once it has run SETTLE_SECONDS.
     ready: Callable[[], bool] | None = None
+    #: Returns why a running part should be restarted (alive but not working), or None.
+    stalled: Callable[[], str | None] | None = None
     #: Lower stops first.
     stop_order: int = 0
     stop_signal: int = signal.SIGTERM
@@ -85,6 +93,8 @@ class Part:
     restart_at: float | None = None
     reader: threading.Thread | None = None
     groups: set[int] = field(default_factory=set)
+    last_stall_check: float = 0.0
+    stopping_since: float | None = None  # asked to stop because it stalled
 
     @property
     def running(self) -> bool:
@@ -162,6 +172,8 @@ class Supervisor:
         part.started_at = time.monotonic()
         part.ready = False
         part.restart_at = None
+        part.stopping_since = None
+        part.last_stall_check = part.started_at
         part.reader = threading.Thread(target=self._pump, args=(part, part.proc), daemon=True,
                                        name=f"up-{spec.name}")
         part.reader.start()
@@ -187,6 +199,28 @@ class Supervisor:
         if ok:
             part.ready = True
             self.out.line(part.spec.name, part.colour, "answering")
+
+    def _check_stalled(self, part: Part) -> None:
+        """Stop a part that is alive but stalled (it is then reaped and started again)."""
+        now = time.monotonic()
+        if part.stopping_since is not None:
+            if part.running and now - part.stopping_since > STALL_STOP_SECONDS:
+                self.out.say(f"{part.spec.name} did not stop: killing it")
+                self._signal(part, signal.SIGKILL)
+            return
+        check = part.spec.stalled
+        if check is None or not part.ready or not part.running or now - part.last_stall_check < STALL_CHECK_SECONDS:
+            return
+        part.last_stall_check = now
+        try:
+            reason = check()
+        except Exception:  # noqa: BLE001 - the broker is away: nothing to tell
+            return
+        if reason:
+            self.out.say(f"{part.spec.name} is alive but not consuming ({reason}): restarting it")
+            part.stopping_since = now
+            self._signal(part, part.spec.stop_signal)
+            self._signal(part, signal.SIGCONT)  # a stopped process must wake to handle it
 
     def _schedule_restart(self, part: Part, ran_for: float) -> None:
         part.failures = 1 if ran_for >= STABLE_SECONDS else part.failures + 1
@@ -247,6 +281,7 @@ class Supervisor:
                 if part.proc is None and part.restart_at is not None and time.monotonic() >= part.restart_at:
                     self._start(part)
                 self._probe(part)
+                self._check_stalled(part)
             # Announce once every part answers or has failed at least once (and is being
             # restarted): one part that cannot start does not hold up the rest.
             settled = all(p.ready or p.failures for p in self.parts)
@@ -322,6 +357,31 @@ def _worker_probe(app: Celery, nodename: str) -> Callable[[], bool]:
     return answers
 
 
+def _worker_stalled(settings: Settings, nodename: str) -> Callable[[], str | None]:
+    """Why the worker `nodename` is stalled (worker.recovery.stalled_nodes), or None."""
+
+    def stalled() -> str | None:
+        import redis
+
+        from worker.health import queue_depths
+        from worker.recovery import live_nodes, stalled_nodes
+
+        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            claim = live_nodes(client).get(nodename)
+        finally:
+            client.close()
+        if claim is None:
+            return None
+        depths = queue_depths(settings.broker_url)
+        if not stalled_nodes({nodename: claim}, depths, settings.stall_after):
+            return None
+        waiting = ", ".join(f"{depths[q]} in {q}" for q in claim.get("queues", []) if depths.get(q))
+        return f"{waiting} waiting, nothing received for over {settings.stall_after:.0f}s"
+
+    return stalled
+
+
 def _http_probe(url: str) -> Callable[[], bool]:
     def answers() -> bool:
         from urllib.request import urlopen
@@ -348,7 +408,8 @@ def build_stack(settings: Settings, *, workers: int, concurrency: int, queues: s
         argv = [*cli, "worker", "-n", nodename, "-c", str(concurrency), "-l", loglevel]
         if queues:
             argv += ["-Q", queues]
-        specs.append(PartSpec(name, argv, ready=_worker_probe(probe_app, nodename), stop_order=1,
+        specs.append(PartSpec(name, argv, ready=_worker_probe(probe_app, nodename),
+                              stalled=_worker_stalled(settings, nodename), stop_order=1,
                               force_signal=signal.SIGQUIT))
     if beat:
         specs.append(PartSpec("beat", [*cli, "beat"], stop_order=0))

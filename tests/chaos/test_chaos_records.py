@@ -1,12 +1,11 @@
-"""Bugs the chaos tests found in how attempts are recorded, each shown by a test that fails
-today (strict xfail: it turns red the day the bug is fixed, so the marker comes off).
+"""What the chaos tests found in how attempts are recorded.
 
-1. A pool child keeps its lifecycle records in memory for up to `record_flush_interval`
-   (jobs/recorder.py) *after* the job's message was acknowledged. A SIGKILL in that window
-   (the OOM killer, a crashing job, `kill -9`) loses the record of a job that succeeded: the
-   job stays `queued` forever, and `maintenance.recover_lost` would then publish it again
-   (safe to repeat) or mark it `lost` (not safe), although it ran. The default interval is
-   0.1 s; the test stretches it to 5 s so the window is hit every time rather than sometimes.
+1. A pool child used to keep its lifecycle records in memory for up to `record_flush_interval`
+   *after* the job's message was acknowledged, so a SIGKILL in that window (the OOM killer, a
+   crashing job, `kill -9`) lost the record of a job that succeeded: the job stayed `queued`,
+   and `maintenance.recover_lost` would then publish it again. Children now send a job's records
+   to the worker's recorder process before its result goes back (worker/recorder_process.py).
+   The test stretches the flush interval to 5 s so a buffered record would be lost every time.
 2. A job killed by the hard time limit is recorded `failed` by the worker's main process, which
    does not know the attempt number (worker/lifecycle.py `_finish`, FINAL_ORDER branch): the
    job row is final, but its attempt stays `running` forever.
@@ -21,8 +20,6 @@ from tests.conftest import wait_until
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a pool child's buffered records die with it after the ack "
-                   "(jobs/recorder.py; fix proposed in docs/reliability.md, 'Known gaps')")
 def test_a_finished_jobs_record_survives_its_pool_child_being_killed(chaos_settings, client_for,
                                                                       start_worker):
     settings = chaos_settings.model_copy(update={"record_flush_interval": 5.0, "max_redeliveries": 1})
@@ -45,3 +42,41 @@ def test_a_job_killed_by_the_time_limit_has_its_attempt_closed(chaos_settings, c
     assert job.status == JobStatus.FAILED and job.error_type == "TimeLimitExceeded"
     [attempt] = c.attempts(job.id)
     assert attempt.outcome == "failed" and attempt.finished_at is not None
+
+
+@pytest.mark.slow
+def test_jobs_are_still_recorded_after_the_recorder_process_is_killed(chaos_settings, client_for,
+                                                                        start_worker):
+    import os
+    import signal
+
+    c = client_for(chaos_settings)
+    worker = start_worker(chaos_settings)
+    assert c.enqueue("system.ping", {"message": "before"}).wait(timeout=30)["message"] == "before"
+    recorder = worker.recorder_process()
+    assert recorder is not None
+    os.kill(recorder, signal.SIGKILL)  # what it held but had not written is lost with it
+
+    def dead() -> bool:
+        try:
+            with open(f"/proc/{recorder}/stat") as f:
+                return f.read().rpartition(")")[2].split()[0] == "Z"  # its sockets are closed
+        except FileNotFoundError:
+            return True
+
+    wait_until(dead, timeout=10, message="the recorder process to die")
+    # the children notice the socket is gone and record from their own process from then on
+    jobs = [c.enqueue("system.ping", {"message": str(i)}) for i in range(6)]
+    for j in jobs:
+        assert j.wait_finished(timeout=60).status == JobStatus.SUCCEEDED
+    assert worker.proc.poll() is None
+
+
+def test_a_large_result_reaches_the_job_store_through_the_recorder_process(chaos_settings, client_for,
+                                                                           start_worker):
+    c = client_for(chaos_settings)
+    start_worker(chaos_settings, concurrency=1)
+    # far more than a Unix socket buffers: the child waits for the recorder process to read
+    job = c.enqueue("testing.large_result", {"chars": 900_000})
+    assert job.wait(timeout=60) == "x" * 900_000
+    assert c.get_job(job.id).result == "x" * 900_000

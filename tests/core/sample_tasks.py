@@ -33,3 +33,14 @@ class Once(BaseModel):
 def not_repeatable(task: Any, data: Once) -> int:
     """A job that must never run twice."""
     return data.n
+
+
+class Size(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chars: int
+
+
+@job("testing.large_result", input=Size)
+def large_result(task: Any, data: Size) -> str:
+    """A result of `chars` characters."""
+    return "x" * data.chars

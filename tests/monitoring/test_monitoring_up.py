@@ -101,3 +101,57 @@ def test_up_refuses_bad_options_before_starting_anything(run_cli, make_settings,
     result = run_cli(settings, "up", "--no-migrate")
     assert result.returncode == 2 and "CONVEYOR_FLOWER_PASSWORD" in result.stderr
     assert "started" not in result.stdout
+
+
+def test_up_restarts_a_worker_that_is_alive_but_not_consuming(redis_url, tmp_path):
+    import json
+
+    import redis
+
+    from jobs.client import Client
+    from worker.factory import create_app
+    from worker.recovery import NODE_PREFIX
+
+    flush_redis()
+    settings = stack_settings(tmp_path, f"sqlite:///{tmp_path / 'stall.db'}", stall_after=2,
+                              recovery_heartbeat_interval=0.5)
+    log = tmp_path / "up.log"
+    env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
+    with open(log, "wb") as fh:
+        up = subprocess.Popen([sys.executable, "-m", "cli", "up", "-c", "1", "--no-beat", "--no-flower"],
+                              cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    text = lambda: log.read_text(errors="replace")  # noqa: E731
+    pids = lambda: [int(p) for p in re.findall(r"^worker +\| started \(pid (\d+)\)", text(), re.M)]  # noqa: E731
+    stopped = None
+    try:
+        wait_until(lambda: "Conveyor is up" in text() or up.poll() is not None, timeout=60,
+                   message="`conveyor up` to report the stack up")
+        client = Client(create_app(settings))
+        assert client.enqueue("system.ping", {"message": "first"}).wait(timeout=30)["message"] == "first"
+        [stopped] = pids()
+        r = redis.Redis.from_url(settings.broker_url)
+        key = f"{NODE_PREFIX}worker@{socket.gethostname()}"
+        wait_until(lambda: (raw := r.get(key)) and json.loads(raw)["tags"] == [], timeout=20,
+                   message="the worker to hold nothing")
+        os.kill(stopped, signal.SIGSTOP)  # alive, connected, not consuming...
+        r.expire(key, 120)  # ...but its claim still fresh, as a stuck consumer's heartbeat keeps it
+        jobs = [client.enqueue("system.ping", {"message": str(i)}) for i in range(3)]
+        wait_until(lambda: "worker is alive but not consuming" in text(), timeout=30,
+                   message="`up` to notice the stalled worker")
+        wait_until(lambda: len(pids()) == 2, timeout=60, message="the worker to be started again")
+        assert pids()[1] != stopped
+        for j in jobs:
+            assert j.wait_finished(timeout=60).status == JobStatus.SUCCEEDED
+    finally:
+        if stopped:
+            try:
+                os.kill(stopped, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(10)
+        flush_redis()
