@@ -8,9 +8,10 @@ the moment they happen, and this process merges and writes them in batches with 
 `Recorder` every other process uses. Records a child sent survive the child.
 
 It ends when the worker's main process is gone (its control socket closes, however the main
-process ends): it reads what the children still send, writes everything, and exits. Signals
-sent to the worker's process group (Ctrl-C, SIGTERM) are left to the main process, so the
-records of a warm shutdown's last jobs are still written.
+process ends): it reads what the children still send, writes everything, and exits. It runs
+in a session of its own, and ignores Ctrl-C and SIGTERM, so signals sent to the worker's
+process group (a warm shutdown, or `kill -9 -<pgid>` of the whole worker) are the main
+process's alone: the records of the worker's last jobs are still written.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def _close_quietly(sock: socket.socket) -> None:
 def _serve(listener: socket.socket, control: socket.socket, database_url: str, interval: float,
            batch_size: int) -> None:
     _set_name()
+    os.setsid()  # out of the worker's process group: a signal to the group is not for us
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
     from jobs.db import dispose_engines
