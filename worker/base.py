@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from jobs.store import JobStore
 
 if TYPE_CHECKING:
     from tasks.registry import TaskSpec
+
+log = logging.getLogger("conveyor.task")
 
 #: Exceptions that retrying cannot fix: the job fails at once.
 NOT_RETRIED: tuple[type[BaseException], ...] = (PermanentError, ValidationError, TypeError)
@@ -66,6 +69,11 @@ class ConveyorTask(Task):  # type: ignore[misc]
         return self.spec.max_retries if self.spec.max_retries is not None else self.settings.retry_max
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        finished = getattr(self.request, "conveyor_already_finished", None)
+        if finished:
+            log.warning("job %s came back after its worker was lost, but its record says it already "
+                        "%s: acknowledged, not run again", self.request.id, finished)
+            raise Ignore()
         lost = getattr(self.request, "conveyor_quarantined", None)
         if lost:
             raise Quarantined(f"quarantined: its worker was lost {lost} times while running it")

@@ -161,8 +161,18 @@ def connect(app: Celery) -> None:
             settings = _settings(sender)
             count = _count_redelivery(sender.app, task_id)
             attempt = req.retries + 1 + count
+            store = JobStore(settings.database_url)
             try:
-                attempt = JobStore(settings.database_url).redelivered(task_id, attempt)
+                done = store.get(task_id).status
+            except Exception:  # noqa: BLE001 - not recorded yet, or the database is down
+                done = None
+            if done in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD):
+                # It ran to the end, but its worker died before the acknowledgement reached
+                # Redis: the record says so, so ConveyorTask acknowledges it without a rerun.
+                req.conveyor_already_finished = done
+                return
+            try:
+                attempt = store.redelivered(task_id, attempt)
             except Exception:  # noqa: BLE001 - database down: the count from Redis will do
                 pass
             if count > settings.max_redeliveries:

@@ -122,3 +122,21 @@ def test_pickled_message_is_refused_and_the_worker_lives_on(client, settings, st
     assert not marker.exists()
     assert client.enqueue("system.ping", {"message": "still here"}).wait(timeout=30)["message"] == "still here"
     assert worker.proc.poll() is None
+
+
+@pytest.mark.one_database
+def test_a_redelivered_job_whose_record_is_final_is_not_run_again(client, settings, start_worker):
+    """A worker killed after a job ended but before its acknowledgement reached Redis: the message
+    comes back marked redelivered; the job store already says the job succeeded."""
+    worker = start_worker(settings, concurrency=1)
+    job = client.enqueue("system.ping", {"message": "once"})
+    assert job.wait(timeout=30)["message"] == "once"
+    # the same message again, as kombu's restore would hand it out (marked redelivered)
+    client.app.send_task("system.ping", kwargs={"message": "once"}, task_id=job.id, queue="default",
+                         headers={"redelivered": True, "conveyor_recorded": True})
+    wait_until(lambda: "acknowledged, not run again" in worker.output(), timeout=30,
+               message="the worker to acknowledge the redelivered job without running it")
+    attempts = client.attempts(job.id)
+    assert [a.outcome for a in attempts] == ["succeeded"]
+    assert client.get_job(job.id).status == JobStatus.SUCCEEDED
+    client.enqueue("system.ping", {"message": "next"}).wait(timeout=30)  # and it acked: the queue moves
