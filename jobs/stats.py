@@ -208,12 +208,12 @@ def _message_id(raw: bytes | None) -> str | None:
 
 
 def queue_stats(broker_url: str, queries: StatsQueries, queues: Sequence[str],
-                now: datetime | None = None) -> tuple[list[QueueStats], int]:
+                now: datetime | None = None, sentinel_master: str | None = None) -> tuple[list[QueueStats], int]:
     """Depth and oldest waiting job of each queue, and the broker's unacknowledged count."""
-    import redis
+    from config.redis_client import redis_client
 
     now = now or utcnow()
-    client = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis_client(broker_url, sentinel_master, socket_connect_timeout=2, socket_timeout=2)
     try:
         pipe = client.pipeline(transaction=False)
         for q in queues:
@@ -285,7 +285,8 @@ def collect(settings: Any, app: Celery, since: datetime, *, queues: Sequence[str
     unacked: int | None = None
     workers: list[WorkerActivity] | None = None
     try:
-        queue_rows, unacked = queue_stats(settings.broker_url, queries, queues, until)
+        queue_rows, unacked = queue_stats(settings.broker_url, queries, queues, until,
+                                          sentinel_master=settings.redis_sentinel_master)
     except Exception as exc:  # noqa: BLE001 - report what is down, show the rest
         errors["queues"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "queues" not in errors:

@@ -165,7 +165,8 @@ class DatabaseScheduler(beat.Scheduler):  # type: ignore[misc]
         from jobs.client import Client
 
         s = self.settings
-        self.lock = LeaderLock(s.beat_lock_url or s.broker_url, s.beat_lock_key, s.beat_lock_ttl, self.ident)
+        self.lock = LeaderLock(s.beat_lock_url or s.broker_url, s.beat_lock_key, s.beat_lock_ttl, self.ident,
+                               s.redis_sentinel_master)
         self.client = Client(self.app)
         self._refresh(force=True)
 

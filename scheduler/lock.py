@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import time
 
-import redis
 from redis.exceptions import LockError, LockNotOwnedError, RedisError
+
+from config.redis_client import redis_client
 
 log = logging.getLogger("conveyor.beat.lock")
 
@@ -26,12 +27,12 @@ log = logging.getLogger("conveyor.beat.lock")
 class LeaderLock:
     """One beat process's hold on the leader key."""
 
-    def __init__(self, url: str, key: str, ttl: float, ident: str) -> None:
+    def __init__(self, url: str, key: str, ttl: float, ident: str, sentinel_master: str | None = None) -> None:
         self.key = key
         self.ttl = ttl
         self.ident = ident
         timeout = max(0.2, min(2.0, ttl / 3))
-        self.redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.redis = redis_client(url, sentinel_master, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.lock = self.redis.lock(key, timeout=ttl, blocking=False, thread_local=False,
                                     raise_on_release_error=False)
         self.lock.local.token = ident.encode()  # so owned() and reacquire() know our token

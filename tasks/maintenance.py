@@ -46,7 +46,7 @@ def recover_lost(task: ConveyorTask, data: RecoverInput) -> dict[str, Any]:
     stale = store.stale_queued(older)
     if not stale:
         return {"checked": 0, "republished": [], "lost": []}
-    present = message_ids(task.settings.broker_url)
+    present = message_ids(task.settings.broker_url, sentinel_master=task.settings.redis_sentinel_master)
     client = Client(task.app)
     republished, lost = [], []
     for row in stale:

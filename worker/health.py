@@ -16,11 +16,12 @@ def queue_keys(queue: str) -> list[str]:
     return [queue if p == 0 else f"{queue}{PRIORITY_SEPARATOR}{p}" for p in PRIORITY_STEPS]
 
 
-def queue_depths(broker_url: str, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
+def queue_depths(broker_url: str, queues: tuple[str, ...] = QUEUES,
+                 sentinel_master: str | None = None) -> dict[str, int]:
     """Messages waiting in each queue (all priority levels), read straight from Redis."""
-    import redis
+    from config.redis_client import redis_client
 
-    client = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis_client(broker_url, sentinel_master, socket_connect_timeout=2, socket_timeout=2)
     try:
         pipe = client.pipeline(transaction=False)
         for q in queues:
@@ -45,7 +46,7 @@ def check(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
         "queues": {},
     }
     try:
-        report["queues"] = queue_depths(settings.broker_url)
+        report["queues"] = queue_depths(settings.broker_url, sentinel_master=settings.redis_sentinel_master)
         report["broker"]["ok"] = True
     except Exception as exc:  # noqa: BLE001
         report["broker"]["error"] = str(exc).splitlines()[0]
@@ -66,11 +67,11 @@ def check(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
     report["stalled"] = []
     if report["broker"]["ok"]:
         try:
-            import redis
-
+            from config.redis_client import redis_client
             from worker.recovery import live_nodes, stalled_nodes
 
-            client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+            client = redis_client(settings.broker_url, settings.redis_sentinel_master,
+                                  socket_connect_timeout=2, socket_timeout=2)
             report["stalled"] = stalled_nodes(live_nodes(client), report["queues"], settings.stall_after)
             client.close()
         except Exception as exc:  # noqa: BLE001
@@ -80,13 +81,14 @@ def check(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
     return report
 
 
-def message_ids(broker_url: str, queues: tuple[str, ...] = QUEUES, chunk: int = 1000) -> set[str]:
+def message_ids(broker_url: str, queues: tuple[str, ...] = QUEUES, chunk: int = 1000,
+                sentinel_master: str | None = None) -> set[str]:
     """Ids of every job with a message in Redis: waiting in a queue or held unacknowledged."""
     import json
 
-    import redis
+    from config.redis_client import redis_client
 
-    client = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=10)
+    client = redis_client(broker_url, sentinel_master, socket_connect_timeout=2, socket_timeout=10)
     ids: set[str] = set()
 
     def take(raw: bytes | str, wrapped: bool) -> None:

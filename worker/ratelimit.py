@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import redis
 from celery.exceptions import Ignore
 
+from config.redis_client import redis_client
 from jobs.errors import RetryableError
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ _limiters: dict[tuple[int, str], RateLimiter] = {}
 _lock = threading.Lock()
 
 
-def get_limiter(url: str) -> RateLimiter:
+def get_limiter(url: str, sentinel_master: str | None = None) -> RateLimiter:
     """This process's limiter on the Redis at `url` (a forked child makes its own)."""
     key = (os.getpid(), url)
     limiter = _limiters.get(key)
@@ -159,7 +160,7 @@ def get_limiter(url: str) -> RateLimiter:
         with _lock:
             limiter = _limiters.get(key)
             if limiter is None:
-                client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+                client = redis_client(url, sentinel_master, socket_timeout=5, socket_connect_timeout=3)
                 limiter = _limiters[key] = RateLimiter(client)
     return limiter
 
@@ -211,7 +212,7 @@ def throttle(task: ConveyorTask, data: BaseModel) -> None:
     if not limits or req.called_directly:
         return
     settings = task.settings
-    limiter = get_limiter(settings.broker_url)
+    limiter = get_limiter(settings.broker_url, settings.redis_sentinel_master)
     state = getattr(req, HEADER, None) or {}
     held: set[str] = set()
     if state.get("retries") == req.retries:  # a retry or a new attempt queues again

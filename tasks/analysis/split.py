@@ -107,9 +107,9 @@ def chunks(files: list[str], most: int) -> list[list[str]]:
 
 # --- Redis bookkeeping -----------------------------------------------------------------------------
 def _redis(settings: Settings) -> redis.Redis:
-    import redis as redis_lib
+    from config.redis_client import redis_client
 
-    return redis_lib.Redis.from_url(settings.result_backend, socket_timeout=10)
+    return redis_client(settings.result_backend, settings.redis_sentinel_master, socket_timeout=10)
 
 
 def _key(job_id: str, what: str) -> str:
