@@ -82,16 +82,9 @@ def test_redis_wiped_recover_lost_republishes_safe_jobs_and_marks_the_rest(
     assert again["republished"] == [] and again["lost"] == []
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="when the connection drops, kombu's Redis QoS gives the old "
-                   "channel's unacknowledged messages back (restore_at_shutdown) while Celery keeps "
-                   "running them (worker_cancel_long_running_tasks_on_connection_loss is off): they "
-                   "run again once they finish (docs/reliability.md, Known gaps)")
-def test_jobs_running_across_a_redis_restart_run_once(chaos_settings, chaos_client, private_redis,
-                                                      start_worker):
-    c = chaos_client
+def _run_across_a_restart(chaos_settings, c, private_redis, start_worker, concurrency):
     restart_with_aof(private_redis)
-    start_worker(chaos_settings, concurrency=2)
+    start_worker(chaos_settings, concurrency=concurrency)
     running = [c.enqueue("system.sleep", {"seconds": 6, "steps": 6}) for _ in range(2)]
     wait_until(lambda: all(c.get_job(j.id).status == JobStatus.STARTED for j in running),
                message="both jobs to start")
@@ -103,3 +96,21 @@ def test_jobs_running_across_a_redis_restart_run_once(chaos_settings, chaos_clie
     book = ledger(c, ids)
     assert all(e.status == JobStatus.SUCCEEDED for e in book.values()), describe(book)
     assert all(len(e.history) == 1 for e in book.values()), describe(book)
+
+
+@pytest.mark.slow
+def test_jobs_running_across_a_redis_restart_run_once(chaos_settings, chaos_client, private_redis,
+                                                      start_worker):
+    """kombu gives the old channel's unacknowledged messages back when the connection drops
+    (restore_at_shutdown) while Celery keeps running their jobs. With every slot busy, each copy
+    is taken once its original has finished, and is acknowledged without a rerun because the
+    job store already says the job succeeded."""
+    _run_across_a_restart(chaos_settings, chaos_client, private_redis, start_worker, concurrency=2)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a copy given back by kombu's restore_at_shutdown that a free slot "
+                   "takes while its original still runs runs beside it (docs/reliability.md, Known gaps)")
+def test_jobs_running_across_a_redis_restart_run_once_with_free_slots(chaos_settings, chaos_client,
+                                                                      private_redis, start_worker):
+    _run_across_a_restart(chaos_settings, chaos_client, private_redis, start_worker, concurrency=4)
