@@ -163,6 +163,9 @@ def connect(app: Celery) -> None:
             attempt = req.retries + 1 + count
             store = JobStore(settings.database_url)
             try:
+                # Whatever this worker's processes recorded (an earlier run's end, say) is
+                # written before the record is read.
+                recorder(sender).flush()
                 done = store.get(task_id).status
             except Exception:  # noqa: BLE001 - not recorded yet, or the database is down
                 done = None
