@@ -30,7 +30,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from jobs.db import UTCDateTime
 from jobs.errors import StoreUnavailable
+from jobs.models import Job, JobAttempt
 from jobs.store import JobStore
 
 log = logging.getLogger("conveyor.recorder")
@@ -329,9 +331,9 @@ class ForwardingRecorder:
 SYNC = "sync"
 SYNC_TIMEOUT = 60.0
 
-#: Columns that hold datetimes, sent as ISO strings (see `decode_records`).
-DATETIME_FIELDS = frozenset({"eta", "created_at", "started_at", "finished_at", "cancel_requested_at",
-                             "published_at", "publish_after"})
+#: Columns that hold datetimes, sent as ISO strings (see `decode_records`): read off the models.
+DATETIME_FIELDS = frozenset(c.name for t in (Job.__table__, JobAttempt.__table__) for c in t.columns
+                            if isinstance(c.type, UTCDateTime))
 
 
 def _encode(value: Any) -> Any:
