@@ -67,18 +67,36 @@ def check(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
     report["stalled"] = []
     if report["broker"]["ok"]:
         try:
-            from config.redis_client import redis_client
-            from worker.recovery import live_nodes, stalled_nodes
-
-            client = redis_client(settings.broker_url, settings.redis_sentinel_master,
-                                  socket_connect_timeout=2, socket_timeout=2)
-            report["stalled"] = stalled_nodes(live_nodes(client), report["queues"], settings.stall_after)
-            client.close()
+            report["stalled"] = sorted(stalled_workers(settings, report["queues"]))
         except Exception as exc:  # noqa: BLE001
             report["stalled_error"] = str(exc).splitlines()[0]
     report["ok"] = bool(report["broker"]["ok"] and report["database"]["ok"]
                         and report["database"].get("migrations_current") and not report["stalled"])
     return report
+
+
+def stalled_workers(settings: Settings, depths: dict[str, int] | None = None) -> dict[str, str]:
+    """Workers alive but not consuming (`worker.recovery.stalled_nodes`), each with the reason.
+
+    `depths` are the queue depths when the caller has just read them."""
+    from config.redis_client import redis_client
+    from worker.recovery import live_nodes, stalled_nodes
+
+    client = redis_client(settings.broker_url, settings.redis_sentinel_master,
+                          socket_connect_timeout=2, socket_timeout=2)
+    try:
+        nodes = live_nodes(client)
+    finally:
+        client.close()
+    if not nodes:
+        return {}
+    if depths is None:
+        depths = queue_depths(settings.broker_url, sentinel_master=settings.redis_sentinel_master)
+    reasons = {}
+    for name in stalled_nodes(nodes, depths, settings.stall_after):
+        waiting = ", ".join(f"{depths[q]} in {q}" for q in nodes[name].get("queues", []) if depths.get(q))
+        reasons[name] = f"{waiting} waiting, nothing received for over {settings.stall_after:.0f}s"
+    return reasons
 
 
 def message_ids(broker_url: str, queues: tuple[str, ...] = QUEUES, chunk: int = 1000,

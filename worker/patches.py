@@ -1,12 +1,14 @@
 """Changes to Celery's and kombu's behaviour: three win back what task events cost, two keep a
-malformed message from stopping a worker (`create_task_handler`, `drop_malformed_messages`).
+malformed message from stopping a worker (`create_task_handler`, `drop_malformed_messages`),
+two keep a reconnect from running a job twice (`on_connection_error_after_connected`,
+`leave_lost_channels_to_recovery`).
 
 Measured (bench/throughput.py; ../shared/PERFORMANCE.md has the analysis): the worker's consumer
 process is the bottleneck of a Celery-on-Redis worker, and two things in it cost a third of
 its throughput once task events are on, as Flower needs them:
 
 1. **Event flushing.** Celery buffers task events but asks the event loop to flush the buffer
-   on every iteration, so it publishes about one PUBLISH for every two events. `EventBatchingConsumer`
+   on every iteration, so it publishes about one PUBLISH for every two events. `ConveyorConsumer`
    flushes at most every `event_flush_interval` seconds (default 0.1) instead, through Celery's own
    extension point (the `worker_consumer` setting). Same events, same exchange, in order; the buffer
    still flushes early when full (Celery's buffer_limit) and on shutdown. Monitors see events up to
@@ -61,8 +63,10 @@ def _tested(name: str, version: str) -> bool:
     return False
 
 
-class EventBatchingConsumer(Consumer):  # type: ignore[misc]
-    """A Celery consumer that flushes buffered task events on a timer, not every loop."""
+class ConveyorConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, changed three ways: buffered task events flush on a timer, not every
+    loop; a malformed message is rejected, never the consumer's end; a lost connection does not
+    hand the jobs still running back to their queue."""
 
     _conveyor_flush_pending = False
 
@@ -90,6 +94,23 @@ class EventBatchingConsumer(Consumer):  # type: ignore[misc]
             self._flush_events()
         except Exception as exc:  # noqa: BLE001 - shutting down: report, do not block it
             log.warning("could not flush task events at shutdown: %s", exc)
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """A lost connection leaves the old channel's unacknowledged messages where they are.
+
+        Closing a kombu Redis channel gives every message it has not acknowledged back to its
+        queue (`restore_at_shutdown`), reconnecting to do it, while Celery goes on running those
+        jobs (`worker_cancel_long_running_tasks_on_connection_loss` off): a copy that a free
+        slot takes runs beside its original. Nothing needs that restore here: the recovery
+        heartbeat keeps claiming every request this worker still holds (worker/recovery.py),
+        each one's ack still removes its message, and the sweeper gives back whatever is left
+        unclaimed. A clean shutdown still restores as before.
+        """
+        connection = self.connection
+        transport = getattr(connection, "_transport", None) if connection is not None else None
+        for channel in list(getattr(transport, "channels", None) or ()):
+            channel.do_restore = False
+        super().on_connection_error_after_connected(exc)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Any error handling one message rejects that message (logged), never the consumer.
@@ -265,11 +286,54 @@ def drop_malformed_messages() -> bool:
     return True
 
 
+def leave_lost_channels_to_recovery() -> bool:
+    """Make acknowledging or rejecting a message on a channel that a lost connection closed do
+    nothing but log (idempotent).
+
+    Such a channel has no connection left, and kombu raises `AttributeError` from it, which
+    stops the worker. Since `ConveyorConsumer` keeps kombu from giving that channel's messages
+    back on a lost connection, the message stays in Redis's `unacked` hash, claimed while this
+    worker runs its job (worker/recovery.py); once the job is done nothing claims it, the sweep
+    gives it back, and its next delivery finds the job's record final and is acknowledged
+    without running (a rejected one, requeued, runs again). So nothing is lost and nothing runs
+    twice, at the price of one extra delivery.
+    """
+    from kombu.transport import redis as redis_transport
+
+    qos = redis_transport.QoS
+    if getattr(qos, "_conveyor_leaves_lost_channels", False):
+        return True
+    if not _tested("kombu", kombu.__version__):
+        return False
+    ack, reject = qos.ack, qos.reject
+
+    def on_lost_channel(self: Any, what: str, delivery_tag: str) -> bool:
+        if not getattr(self.channel, "closed", False) or getattr(self.channel, "connection", None):
+            return False
+        log.info("message %s came through a connection since lost: its %s is left to the "
+                 "recovery sweep", delivery_tag, what)
+        self._delivered.pop(delivery_tag, None)
+        return True
+
+    def ack_(self: Any, delivery_tag: str) -> None:
+        if not on_lost_channel(self, "acknowledgement", delivery_tag):
+            ack(self, delivery_tag)
+
+    def reject_(self: Any, delivery_tag: str, requeue: bool = False) -> None:
+        if not on_lost_channel(self, "rejection", delivery_tag):
+            reject(self, delivery_tag, requeue)
+
+    qos.ack, qos.reject = ack_, reject_
+    qos._conveyor_leaves_lost_channels = True
+    return True
+
+
 def apply(app: Celery) -> None:
     """Apply the changes for `app`: its workers batch event flushes and survive malformed
     messages, its producers batch task-sent events; this process reuses Redis clients."""
     if _tested("celery", celery.__version__):
-        app.conf.worker_consumer = "worker.patches:EventBatchingConsumer"
+        app.conf.worker_consumer = "worker.patches:ConveyorConsumer"
         batch_sent_events(app)
     reuse_redis_clients()
     drop_malformed_messages()
+    leave_lost_channels_to_recovery()

@@ -83,7 +83,8 @@ class NodeHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             # After a Redis reconnect the consumer has a new channel, but jobs taken through the
             # old one still run: claim every request the worker holds, not just this channel's.
             for request in (*worker_state.active_requests, *worker_state.reserved_requests):
-                tag = (request.delivery_info or {}).get("delivery_tag")
+                # (a Request's own `delivery_info` leaves the tag out; its message has it)
+                tag = getattr(getattr(request, "message", None), "delivery_tag", None)
                 if tag:
                     held.add(tag)
             tags = sorted(held)
@@ -106,7 +107,8 @@ class NodeHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             try:
                 restored = sweep(app)
                 if restored:
-                    log.warning("gave %d messages of lost workers back to their queues", len(restored))
+                    log.warning("gave %d unclaimed messages back to their queues (a worker or a "
+                                "connection was lost)", len(restored))
             except Exception as exc:  # noqa: BLE001
                 log.warning("recovery sweep failed: %s", exc)
 

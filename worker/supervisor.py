@@ -358,26 +358,12 @@ def _worker_probe(app: Celery, nodename: str) -> Callable[[], bool]:
 
 
 def _worker_stalled(settings: Settings, nodename: str) -> Callable[[], str | None]:
-    """Why the worker `nodename` is stalled (worker.recovery.stalled_nodes), or None."""
+    """Why the worker `nodename` is stalled (worker.health.stalled_workers), or None."""
 
     def stalled() -> str | None:
-        from config.redis_client import redis_client
-        from worker.health import queue_depths
-        from worker.recovery import live_nodes, stalled_nodes
+        from worker.health import stalled_workers
 
-        client = redis_client(settings.broker_url, settings.redis_sentinel_master,
-                              socket_connect_timeout=2, socket_timeout=2)
-        try:
-            claim = live_nodes(client).get(nodename)
-        finally:
-            client.close()
-        if claim is None:
-            return None
-        depths = queue_depths(settings.broker_url, sentinel_master=settings.redis_sentinel_master)
-        if not stalled_nodes({nodename: claim}, depths, settings.stall_after):
-            return None
-        waiting = ", ".join(f"{depths[q]} in {q}" for q in claim.get("queues", []) if depths.get(q))
-        return f"{waiting} waiting, nothing received for over {settings.stall_after:.0f}s"
+        return stalled_workers(settings).get(nodename)
 
     return stalled
 

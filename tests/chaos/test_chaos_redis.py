@@ -3,7 +3,7 @@
 - Restarted with AOF on (`appendfsync always`): messages queued before the restart are still
   there and run; the worker and a producer made before the restart both carry on without being
   restarted themselves (kombu reconnects).
-- Jobs running while Redis restarts must run once: today they run twice (strict xfail below).
+- Jobs running while Redis restarts run once, whether the worker has free slots or not.
 - Wiped (FLUSHALL): the job store still knows every queued job, so `maintenance.recover_lost`
   publishes again those safe to repeat and marks the others `lost`; none runs twice.
 """
@@ -109,8 +109,9 @@ def test_jobs_running_across_a_redis_restart_run_once(chaos_settings, chaos_clie
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a copy given back by kombu's restore_at_shutdown that a free slot "
-                   "takes while its original still runs runs beside it (docs/reliability.md, Known gaps)")
 def test_jobs_running_across_a_redis_restart_run_once_with_free_slots(chaos_settings, chaos_client,
                                                                       private_redis, start_worker):
+    """The lost connection's messages are not given back while their jobs run (free slots would
+    take the copies at once); once done, the sweep gives them back and each copy is
+    acknowledged without a rerun."""
     _run_across_a_restart(chaos_settings, chaos_client, private_redis, start_worker, concurrency=4)

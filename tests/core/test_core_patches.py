@@ -35,7 +35,7 @@ def test_redis_channel_reuses_one_client_per_pool(redis_url):
 
 
 def test_app_uses_the_batching_consumer(app):
-    assert app.conf.worker_consumer == "worker.patches:EventBatchingConsumer"
+    assert app.conf.worker_consumer == "worker.patches:ConveyorConsumer"
     from celery.utils.imports import symbol_by_name
 
     consumer = symbol_by_name(app.conf.worker_consumer)
