@@ -278,6 +278,9 @@ def connect(app: Celery) -> None:
 
     def worker_init(sender: Any = None, **_: Any) -> None:
         settings = sender.app.conf.conveyor_settings
+        from worker import forksafe
+
+        forksafe.install()  # pool children forked while this process's threads run
         # Before the pool forks (and before this process starts threads): the process its
         # children send their records to.
         if "prefork" in str(getattr(sender, "pool_cls", "prefork")).lower():

@@ -20,8 +20,6 @@ from tests.conftest import wait_until
 
 
 @pytest.mark.slow
-@pytest.mark.flaky(reruns=2, reason="a pool child that SIGKILLs itself sometimes leaves its request "
-                   "untracked by Celery's prefork pool (the job then waits); docs/reliability.md, known flake")
 def test_a_finished_jobs_record_survives_its_pool_child_being_killed(chaos_settings, client_for,
                                                                       start_worker):
     settings = chaos_settings.model_copy(update={"record_flush_interval": 5.0, "max_redeliveries": 1})
