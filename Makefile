@@ -21,11 +21,13 @@ demo: setup ## Migrate the SQLite job store, start a worker, run a job of every 
 	@CONVEYOR_REQUIRE_POSTGRES=0 scripts/services.sh
 	$(PY) scripts/demo.py
 
+TEST_PROCESSES ?= 2
+
 test: setup services ## The whole suite against real Redis, SQLite, PostgreSQL and workers.
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 test-fast: setup ## Skip the slow chaos and load tests.
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

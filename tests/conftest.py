@@ -1,7 +1,7 @@
 """Fixtures that give each test real services: Redis, SQLite or PostgreSQL, a real worker.
 
 - Redis: CONVEYOR_TEST_REDIS_URL, or 127.0.0.1:6379 (databases 14 and 15, flushed around each
-  test that uses them). Tests that break Redis on purpose start their own (`private_redis`).
+  test that uses them; under pytest-xdist, 12 and 13 for the second process, and so on). Tests that break Redis on purpose start their own (`private_redis`).
 - Databases: `database_url` is parametrized over SQLite (a file per test) and PostgreSQL (a
   database per test, cloned from a migrated template; CONVEYOR_TEST_DATABASE_URL or the local
   server). A missing service skips locally and fails in CI (CI=true).
@@ -30,8 +30,11 @@ import redis as redis_lib
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+#: pytest-xdist runs the suite in several processes (`make test`: two): each takes its own pair
+#: of Redis databases, so their flushes and broadcasts never meet.
+XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 #: The broker's Redis database; results use the one below it. Flushed around each test.
-REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", "15"))
+REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", "15")) - 2 * XDIST_INDEX
 PG_URL = os.environ.get("CONVEYOR_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
