@@ -1,0 +1,106 @@
+"""Does a worker's main process grow with the jobs it runs? Conveyor against plain Celery.
+
+    python bench/worker_memory.py [--jobs 40000] [--batch 5000]
+
+Runs one worker of each (2 pool processes, no kills, same Redis) through the same stream of
+no-op jobs, and prints the main process's resident memory after every batch and the growth per
+1,000 jobs. Pool children are left out: `worker_max_tasks_per_child` recycles them; nothing
+recycles the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # as in bench/throughput.py: bench/email.py must not shadow email
+
+import redis  # noqa: E402
+
+import bench.throughput as bt  # noqa: E402
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def stream(name: str, app_module: str, probe_app: object, env: dict[str, str], tmp: Path,
+           publish: Callable[[str, int], None], total: int, batch: int) -> list[tuple[int, float]]:
+    r = redis.Redis.from_url(bt.BROKER)
+    r.flushdb()
+    w = bt.Worker(app_module, env, tmp / f"{name}.log")
+    try:
+        bt.wait_ready(probe_app, w)
+        key = f"mem:{name}"
+        samples = [(0, rss_mib(w.proc.pid))]
+        done = 0
+        while done < total:
+            publish(key, batch)
+            done += batch
+            bt.wait_count(r, key, done)
+            samples.append((done, rss_mib(w.proc.pid)))
+            print(f"  {name:9s} {done:>7,} jobs  main process {samples[-1][1]:6.1f} MiB", flush=True)
+        return samples
+    finally:
+        w.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=40_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    args = parser.parse_args()
+    import os
+
+    tmp = Path(tempfile.mkdtemp(prefix="conveyor-mem-"))
+    env = bt.conveyor_env(bt.make_database("sqlite", tmp))
+    os.environ.update(env)
+    from config import get_settings
+
+    get_settings.cache_clear()
+    import bench.plain_app as plain
+    from jobs.client import Client
+    from worker.factory import create_app
+
+    app = create_app(get_settings())
+    client = Client(app)
+    ptask = plain.app.tasks["bench.count"]
+
+    def conveyor_publish(key: str, n: int) -> None:
+        client.enqueue_many("bench.count", [{"k": key}] * n)
+
+    def plain_publish(key: str, n: int) -> None:
+        with plain.app.producer_or_acquire() as producer:
+            for _ in range(n):
+                ptask.apply_async(kwargs={"k": key}, producer=producer)
+
+    t0 = time.time()
+    with bt.conveyor_publish_hooks_off():
+        plain_run = stream("plain", "bench.plain_app", plain.app, env, tmp, plain_publish, args.jobs, args.batch)
+    conveyor_run = stream("conveyor", "worker.app", app, env, tmp, conveyor_publish, args.jobs, args.batch)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Worker main process memory over {args.jobs:,} no-op jobs ({time.time() - t0:.0f} s)")
+    columns = ("worker", "start MiB", "after first batch MiB", "end MiB", "growth per 1,000 jobs after")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for name, run in (("plain Celery", plain_run), ("Conveyor", conveyor_run)):
+        (_, start), (first_n, first), (last_n, last) = run[0], run[1], run[-1]
+        per_k = (last - first) / max(1, (last_n - first_n) / 1000)
+        table.add_row(name, f"{start:.1f}", f"{first:.1f}", f"{last:.1f}", f"{per_k * 1024:.0f} KiB")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
