@@ -1,4 +1,4 @@
-"""The two performance changes still do what they say on this Celery and kombu."""
+"""Conveyor's changes to Celery and kombu still do what they say on these versions."""
 
 from __future__ import annotations
 
@@ -75,3 +75,28 @@ def test_every_task_event_still_reaches_a_monitor(app, client, settings, start_w
 @pytest.mark.parametrize("version,ok", [("5.7.0", True), ("5.7.9", True), ("5.8.0", False), ("6.0", False)])
 def test_untested_versions_are_refused(version, ok):
     assert patches._tested("kombu", version) is ok
+
+
+def test_cancelled_timers_leave_the_event_loop_schedule_and_the_rest_still_fire():
+    """The prefork pool's per-job time-limit timers, cancelled when each job ends, used to stay in
+    kombu's schedule until due (an hour): the worker's main process grew with every job."""
+    from kombu.asynchronous.timer import Timer
+
+    timer = Timer()
+    fired: list[int] = []
+    trefs = [timer.call_after(0.01 * (i % 5) + (0 if i % 2 else 3600), fired.append, (i,))
+             for i in range(1000)]
+    for i, tref in enumerate(trefs):
+        if i % 2 == 0:  # the jobs that ended: their hour-long limits cancelled
+            tref.cancel()
+    assert len(timer) == 1000
+    assert patches.purge_cancelled_timers(timer) == 500
+    assert len(timer) == 500 and patches.purge_cancelled_timers(timer) == 0
+    time.sleep(0.06)
+    scheduler = iter(timer)
+    while True:
+        _, entry = next(scheduler)
+        if entry is None:
+            break
+        entry()
+    assert sorted(fired) == list(range(1, 1000, 2))  # every live timer fired, none cancelled
