@@ -1,7 +1,8 @@
 """Fixtures that give each test real services: Redis, SQLite or PostgreSQL, a real worker.
 
 - Redis: CONVEYOR_TEST_REDIS_URL, or 127.0.0.1:6379 (databases 14 and 15, flushed around each
-  test that uses them; under pytest-xdist, 12 and 13 for the second process, and so on). Tests that break Redis on purpose start their own (`private_redis`).
+  test that uses them; under pytest-xdist, 12 and 13 for the second process, and so on). Tests
+  that break Redis on purpose start their own (`private_redis`).
 - Databases: `database_url` is parametrized over SQLite (a file per test) and PostgreSQL (a
   database per test, cloned from a migrated template; CONVEYOR_TEST_DATABASE_URL or the local
   server). A missing service skips locally and fails in CI (CI=true).

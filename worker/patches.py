@@ -134,9 +134,10 @@ class ConveyorConsumer(Consumer):  # type: ignore[misc]
         queue (`restore_at_shutdown`), reconnecting to do it, while Celery goes on running those
         jobs (`worker_cancel_long_running_tasks_on_connection_loss` off): a copy that a free
         slot takes runs beside its original. Nothing needs that restore here: the recovery
-        heartbeat keeps claiming every request this worker still holds (worker/recovery.py),
-        each one's ack still removes its message, and the sweeper gives back whatever is left
-        unclaimed. A clean shutdown still restores as before.
+        heartbeat keeps claiming every request this worker still holds (worker/recovery.py), and
+        once a job is done its message, no longer claimed, is given back by the sweep and
+        acknowledged without a rerun (`leave_lost_channels_to_recovery`). A clean shutdown still
+        restores as before.
         """
         connection = self.connection
         transport = getattr(connection, "_transport", None) if connection is not None else None
@@ -361,8 +362,9 @@ def leave_lost_channels_to_recovery() -> bool:
 
 
 def apply(app: Celery) -> None:
-    """Apply the changes for `app`: its workers batch event flushes and survive malformed
-    messages, its producers batch task-sent events; this process reuses Redis clients."""
+    """Apply the changes for `app`: its workers batch event flushes, survive malformed messages
+    and lost connections, and purge cancelled timers; its producers batch task-sent events; this
+    process reuses Redis clients."""
     if _tested("celery", celery.__version__):
         app.conf.worker_consumer = "worker.patches:ConveyorConsumer"
         batch_sent_events(app)
