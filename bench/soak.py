@@ -13,10 +13,14 @@ a worker and SIGKILLs either the whole worker (then starts it again) or one pool
 forks a new one). Worker 0 is never killed whole, so its main process's memory tells whether
 memory stays flat.
 
+When the stream stalls with jobs unfinished, it runs `maintenance.recover_lost` once, as the
+production schedule does: a job whose message a killed worker took from Redis before kombu wrote
+it down as unacknowledged is still `queued` in the job store, and is published again.
+
 At the end it prints what became of every job: enqueued, succeeded, failed, dead, lost,
-unfinished (no final record: see docs/reliability.md, "Known gaps"), run again after a kill,
-and succeeded twice; and the workers' RSS (main process and pool children, /proc VmRSS) at the
-start and the end. Targets: nothing lost or unfinished, nothing succeeded twice, flat memory.
+unfinished (no final record), what recover_lost did, run again after a kill, and succeeded
+twice; and the workers' RSS (main process and pool children, /proc VmRSS) at the start and the
+end. Targets: nothing lost or unfinished, nothing succeeded twice, flat memory.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as `python bench/soak.py`, bench/ comes first on sys.path, where bench/email.py would
 # shadow the standard library's `email` (which redis-py imports): drop it, put the project in.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+#: Once the stream has stalled this long, run maintenance.recover_lost as the schedule would.
+RECOVER_AFTER = 15.0
 
 FAST_RECOVERY = {"recovery_heartbeat_interval": "0.5", "recovery_node_ttl": "3",
                  "recovery_sweep_interval": "1", "recovery_min_age": "2"}
@@ -88,7 +95,7 @@ class Worker:
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-l", "WARNING", "-c", "2",
-               "-Q", "default", "-n", f"soak{self.index}-{uuid.uuid4().hex[:6]}@%h",
+               "-Q", "default,maintenance", "-n", f"soak{self.index}-{uuid.uuid4().hex[:6]}@%h",
                "--without-gossip", "--without-mingle"]
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
@@ -240,6 +247,7 @@ def main() -> None:
             t.start()
         finished_states = ("succeeded", "failed", "dead", "lost", "revoked")
         last, last_change = -1, time.monotonic()
+        recovered: dict[str, int] = {}  # what maintenance.recover_lost did, once the stream stalled
         while True:
             time.sleep(2)
             counts = census(database_url)
@@ -248,8 +256,19 @@ def main() -> None:
                   f"kills: {chaos.whole} workers, {chaos.child} children", flush=True)
             if done != last:
                 last, last_change = done, time.monotonic()
-            if sent[0] >= total and done >= total + 1:  # + the warm-up ping
+            if sent[0] >= total and done >= total + 1 + bool(recovered):  # + the warm-up (and recovery)
                 break
+            if sent[0] >= total and not recovered and time.monotonic() - last_change > RECOVER_AFTER:
+                # What the production schedule runs (scheduler: maintenance.recover_lost): jobs still
+                # queued whose message left Redis, e.g. popped by a worker killed before kombu wrote
+                # it down as unacknowledged.
+                out = client.enqueue("maintenance.recover_lost",
+                                     {"older_than_seconds": RECOVER_AFTER}).wait(timeout=120)
+                recovered = {"republished": len(out["republished"]), "lost": len(out["lost"])}
+                print(f"  stalled: maintenance.recover_lost republished {recovered['republished']}, "
+                      f"marked {recovered['lost']} lost", flush=True)
+                last_change = time.monotonic()
+                continue
             if sent[0] >= total and time.monotonic() - last_change > args.settle:
                 print(f"  nothing finished for {args.settle:.0f}s: stopping", flush=True)
                 break
@@ -260,7 +279,7 @@ def main() -> None:
         time.sleep(1)
         rss_end = [w.rss() for w in workers]
         counts = census(database_url)
-        counts["succeeded"] = counts.get("succeeded", 0) - 1  # the warm-up ping
+        counts["succeeded"] = counts.get("succeeded", 0) - 1 - bool(recovered)  # warm-up, recovery
         unfinished = sum(n for s, n in counts.items() if s in ("queued", "started", "retrying"))
         from sqlalchemy import text
 
@@ -268,9 +287,11 @@ def main() -> None:
         from worker.health import message_ids
 
         with get_engine(database_url).connect() as c:
-            open_ids = set(c.execute(text("SELECT id FROM jobs WHERE status IN "
-                                          "('queued', 'started', 'retrying')")).scalars())
-        in_redis = len(open_ids & message_ids(broker))
+            open_jobs = dict(c.execute(text("SELECT id, attempts FROM jobs WHERE status IN "
+                                            "('queued', 'started', 'retrying')")).all())
+        held = set(open_jobs) & message_ids(broker)
+        in_redis = len(held)
+        never_started = sum(1 for j, n in open_jobs.items() if j not in held and not n)
 
         rows = [
             ("jobs enqueued", f"{sent[0]:,}"),
@@ -279,8 +300,10 @@ def main() -> None:
             ("dead (by design: failed every retry)", f"{counts.get('dead', 0):,}"),
             ("lost", f"{counts.get('lost', 0):,}"),
             ("unfinished (no final record)", f"{unfinished:,}"),
-            ("  of which: message still in Redis / gone (ran, record died)",
-             f"{in_redis:,} / {unfinished - in_redis:,}"),
+            ("  of which: message in Redis / gone, never started / gone, ran",
+             f"{in_redis:,} / {never_started:,} / {unfinished - in_redis - never_started:,}"),
+            ("republished / marked lost by maintenance.recover_lost",
+             f"{recovered.get('republished', 0):,} / {recovered.get('lost', 0):,}"),
             ("run again after a kill (attempts > 1, not retried by design)", f"{counts['rerun']:,}"),
             ("succeeded twice (two succeeded attempts)", f"{counts['twice']:,}"),
             ("kills: whole worker / pool child", f"{chaos.whole} / {chaos.child}"),

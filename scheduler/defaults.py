@@ -1,7 +1,8 @@
 """The schedules that ship with Conveyor, created by `conveyor schedule seed`.
 
 All are disabled until an operator enables them, except the release of due mail, which is
-useless off. Seeding is idempotent: an existing schedule of the same name is left as it is
+useless off, and the recovery of jobs whose message Redis lost, the safety net behind "no job
+lost" (docs/reliability.md). Seeding is idempotent: an existing schedule of the same name is left as it is
 (an operator may have changed it). A default whose task is not registered in this
 installation, or whose payload its task refuses, is skipped with the reason.
 """
@@ -58,6 +59,9 @@ class Default:
 DEFAULTS: tuple[Default, ...] = (
     Default("prune-jobs", "maintenance.prune_jobs", cron="30 3 * * *",
             description="nightly: delete finished job records older than CONVEYOR_JOB_RETENTION_DAYS"),
+    Default("recover-lost", "maintenance.recover_lost", every="5m", enabled=True, catchup=CatchupPolicy.SKIP,
+            description="every 5 min: publish again (or mark lost) jobs queued CONVEYOR_LOST_AFTER seconds "
+                        "whose message left Redis"),
     Default("release-due-mail", "email.release_due", every="30s", enabled=True, catchup=CatchupPolicy.SKIP,
             description="every 30 s: send the mail whose send time has come"),
     Default("nightly-reconciliation", "reconciliation.reconcile", cron="0 2 * * *", payload=example,

@@ -92,3 +92,5 @@ def test_seed_creates_defaults_once(run_cli, cli_settings):
     assert second["prune-jobs"] == "exists"
     rows = listed(run_cli, cli_settings)
     assert rows["prune-jobs"]["enabled"] is False and rows["prune-jobs"]["task"] == "maintenance.prune_jobs"
+    # the safety net behind "no job lost" is on from the start
+    assert rows["recover-lost"]["enabled"] is True and rows["recover-lost"]["task"] == "maintenance.recover_lost"
