@@ -3,9 +3,9 @@
     python bench/worker_memory.py [--jobs 40000] [--batch 5000]
 
 Runs one worker of each (2 pool processes, no kills, same Redis) through the same stream of
-no-op jobs, and prints the main process's resident memory after every batch and the growth per
-1,000 jobs. Pool children are left out: `worker_max_tasks_per_child` recycles them; nothing
-recycles the main process.
+no-op jobs, and prints the main process's resident memory after every batch (the worker's other
+processes beside it) and the main process's growth per 1,000 jobs:
+`worker_max_tasks_per_child` recycles pool children; nothing recycles the main process.
 """
 
 from __future__ import annotations
@@ -33,6 +33,16 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def children(pid: int) -> list[tuple[str, int]]:
+    """The worker's other processes: pool children and (Conveyor's) recorder process."""
+    import subprocess
+
+    from worker.recorder_process import is_recorder_process
+
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return sorted(("recorder" if is_recorder_process(int(p)) else "child", int(p)) for p in out)
+
+
 def stream(name: str, app_module: str, probe_app: object, env: dict[str, str], tmp: Path,
            publish: Callable[[str, int], None], total: int, batch: int) -> list[tuple[int, float]]:
     r = redis.Redis.from_url(bt.BROKER)
@@ -48,7 +58,8 @@ def stream(name: str, app_module: str, probe_app: object, env: dict[str, str], t
             done += batch
             bt.wait_count(r, key, done)
             samples.append((done, rss_mib(w.proc.pid)))
-            print(f"  {name:9s} {done:>7,} jobs  main process {samples[-1][1]:6.1f} MiB", flush=True)
+            others = "  ".join(f"{label} {rss_mib(pid):6.1f}" for label, pid in children(w.proc.pid))
+            print(f"  {name:9s} {done:>7,} jobs  main process {samples[-1][1]:6.1f} MiB  ({others})", flush=True)
         return samples
     finally:
         w.stop()
