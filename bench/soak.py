@@ -14,8 +14,9 @@ forks a new one). Worker 0 is never killed whole, so its main process's memory t
 memory stays flat.
 
 When the stream stalls with jobs unfinished, it runs `maintenance.recover_lost` once, as the
-production schedule does: a job whose message a killed worker took from Redis before kombu wrote
-it down as unacknowledged is still `queued` in the job store, and is published again.
+production schedule does: a job whose message vanished around a whole-worker kill (likely taken
+from Redis by the dying worker before kombu wrote it down as unacknowledged: docs/reliability.md,
+section 2) is still `queued` in the job store, and is published again.
 
 At the end it prints what became of every job: enqueued, succeeded, failed, dead, lost,
 unfinished (no final record), what recover_lost did, run again after a kill, and succeeded
@@ -259,9 +260,8 @@ def main() -> None:
             if sent[0] >= total and done >= total + 1 + bool(recovered):  # + the warm-up (and recovery)
                 break
             if sent[0] >= total and not recovered and time.monotonic() - last_change > RECOVER_AFTER:
-                # What the production schedule runs (scheduler: maintenance.recover_lost): jobs still
-                # queued whose message left Redis, e.g. popped by a worker killed before kombu wrote
-                # it down as unacknowledged.
+                # What the production schedule runs (scheduler/defaults.py `recover-lost`): jobs
+                # still queued whose message left Redis.
                 out = client.enqueue("maintenance.recover_lost",
                                      {"older_than_seconds": RECOVER_AFTER}).wait(timeout=120)
                 recovered = {"republished": len(out["republished"]), "lost": len(out["lost"])}

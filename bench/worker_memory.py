@@ -11,6 +11,8 @@ processes beside it) and the main process's growth per 1,000 jobs:
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +37,6 @@ def rss_mib(pid: int) -> float:
 
 def children(pid: int) -> list[tuple[str, int]]:
     """The worker's other processes: pool children and (Conveyor's) recorder process."""
-    import subprocess
-
     from worker.recorder_process import is_recorder_process
 
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
@@ -70,8 +70,6 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=40_000)
     parser.add_argument("--batch", type=int, default=5_000)
     args = parser.parse_args()
-    import os
-
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-mem-"))
     env = bt.conveyor_env(bt.make_database("sqlite", tmp))
     os.environ.update(env)

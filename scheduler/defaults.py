@@ -2,8 +2,8 @@
 
 All are disabled until an operator enables them, except the release of due mail, which is
 useless off, and the recovery of jobs whose message Redis lost, the safety net behind "no job
-lost" (docs/reliability.md). Seeding is idempotent: an existing schedule of the same name is left as it is
-(an operator may have changed it). A default whose task is not registered in this
+lost" (docs/reliability.md). Seeding is idempotent: an existing schedule of the same name is
+left as it is (an operator may have changed it). A default whose task is not registered in this
 installation, or whose payload its task refuses, is skipped with the reason.
 """
 

@@ -36,6 +36,7 @@ to propose upstream as options.
 from __future__ import annotations
 
 import atexit
+import heapq
 import logging
 import os
 import threading
@@ -77,8 +78,6 @@ def purge_cancelled_timers(timer: Any) -> int:
     same). Called on the event loop itself, between timers: the schedule is rebuilt in place,
     as a heap, so the loop's iterator over it carries on.
     """
-    import heapq
-
     queue = timer._queue
     live = [item for item in queue if not item[2].canceled]
     dropped = len(queue) - len(live)

@@ -359,13 +359,9 @@ def _worker_probe(app: Celery, nodename: str) -> Callable[[], bool]:
 
 def _worker_stalled(settings: Settings, nodename: str) -> Callable[[], str | None]:
     """Why the worker `nodename` is stalled (worker.health.stalled_workers), or None."""
+    from worker.health import stalled_workers
 
-    def stalled() -> str | None:
-        from worker.health import stalled_workers
-
-        return stalled_workers(settings).get(nodename)
-
-    return stalled
+    return lambda: stalled_workers(settings).get(nodename)
 
 
 def _http_probe(url: str) -> Callable[[], bool]:

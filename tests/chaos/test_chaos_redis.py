@@ -101,10 +101,8 @@ def _run_across_a_restart(chaos_settings, c, private_redis, start_worker, concur
 @pytest.mark.slow
 def test_jobs_running_across_a_redis_restart_run_once(chaos_settings, chaos_client, private_redis,
                                                       start_worker):
-    """kombu gives the old channel's unacknowledged messages back when the connection drops
-    (restore_at_shutdown) while Celery keeps running their jobs. With every slot busy, each copy
-    is taken once its original has finished, and is acknowledged without a rerun because the
-    job store already says the job succeeded."""
+    """Every slot busy while Redis restarts: the jobs run on, and the copy the sweep gives back
+    once each has finished is acknowledged without a rerun (the job store says it succeeded)."""
     _run_across_a_restart(chaos_settings, chaos_client, private_redis, start_worker, concurrency=2)
 
 
