@@ -22,6 +22,7 @@ from typing import Any
 from celery import Celery, current_app, signals
 from celery.worker import state as worker_state
 
+from jobs import forkgate
 from jobs.db import dispose_engines, utcnow
 from jobs.models import REVOKED_ORDER, AttemptOutcome, AttemptReason, JobStatus, state_order
 from jobs.recorder import ForwardingRecorder, Recorder, close_recorders, get_recorder
@@ -285,6 +286,10 @@ def connect(app: Celery) -> None:
         # children send their records to.
         if "prefork" in str(getattr(sender, "pool_cls", "prefork")).lower():
             from worker import recorder_process
+
+            # No SQLite connection of this process's threads open across a fork of the pool.
+            forkgate.enable()
+            dispose_engines()
 
             _recorder_process.append(recorder_process.start(
                 settings.database_url, settings.record_flush_interval, settings.record_batch_size))

@@ -22,8 +22,6 @@ POISON = {"worker_max_tasks_per_child": 4, "retry_max": 2, "max_redeliveries": 2
 
 
 @pytest.mark.slow
-@pytest.mark.flaky(reruns=1, reason="a replacement pool child still, rarely, hangs before running its job "
-                   "(docs/reliability.md, Known gaps)")
 def test_poison_jobs_end_dead_or_failed_and_the_stream_beside_them_succeeds(
         chaos_settings, client_for, start_worker, run_cli):
     def conveyor(*args):  # the CLI, able to import the application's tasks (tests.core.sample_tasks)

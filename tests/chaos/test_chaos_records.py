@@ -20,8 +20,6 @@ from tests.conftest import wait_until
 
 
 @pytest.mark.slow
-@pytest.mark.flaky(reruns=1, reason="a replacement pool child still, rarely, hangs before running its job "
-                   "(docs/reliability.md, Known gaps)")
 def test_a_finished_jobs_record_survives_its_pool_child_being_killed(chaos_settings, client_for,
                                                                       start_worker):
     settings = chaos_settings.model_copy(update={"record_flush_interval": 5.0, "max_redeliveries": 1})

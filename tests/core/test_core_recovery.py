@@ -38,8 +38,6 @@ def test_long_job_on_a_live_worker_is_never_handed_to_another(client, fast_setti
     assert [a.reason for a in client.attempts(job.id)] == ["first_run"]
 
 
-@pytest.mark.flaky(reruns=1, reason="a replacement pool child still, rarely, hangs before running its job "
-                   "(docs/reliability.md, Known gaps)")
 def test_a_job_that_keeps_killing_its_worker_is_quarantined(client, fast_settings, start_worker):
     start_worker(fast_settings.model_copy(update={"max_redeliveries": 2}), concurrency=1)
     job = client.enqueue("system.sleep", {"seconds": 0, "crash": True})
