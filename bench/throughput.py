@@ -10,6 +10,7 @@ bulk, and enqueue-to-start latency p50/p99 on an idle worker. Medians of --repea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -62,11 +63,11 @@ class Worker:
         self.log.close()
 
 
-def wait_ready(app: Any, worker: Worker) -> None:
+def wait_ready(app: Any, worker: Worker | None) -> None:
     deadline = time.monotonic() + 60
     while not (app.control.ping(timeout=0.3) or []):
-        if worker.proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"worker failed to start; see {worker.log.name}")
+        if (worker and worker.proc.poll() is not None) or time.monotonic() > deadline:
+            raise SystemExit(f"worker failed to start; see {worker.log.name if worker else 'its log'}")
     # and really consuming: one job through
     r = redis.Redis.from_url(BROKER)
     k = f"warm:{uuid.uuid4().hex}"
@@ -104,24 +105,25 @@ def e2e(app: Any, n: int, records_done: Callable[[str], int] | None) -> tuple[fl
     return ran, time.perf_counter() - t0
 
 
-class conveyor_publish_hooks_off:
-    """Plain Celery's producer must not pay for Conveyor's publish signal handlers, which this
-    process connected when it built the Conveyor app (they are process-wide, as Celery's
-    signals are)."""
+def plain_run(n: int) -> dict[str, float]:
+    """Plain Celery's end-to-end run and latency, measured in a fresh interpreter: stock Celery,
+    kombu and redis-py, none of the changes `create_app` makes to this process's kombu (its
+    producer would otherwise reuse Redis clients, which stock Celery's does not)."""
+    out = subprocess.run([sys.executable, __file__, "--plain-run", str(n)], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "BENCH_BROKER_URL": BROKER}, timeout=900)
+    if out.returncode:
+        raise SystemExit(f"plain Celery run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def __enter__(self) -> None:
-        from celery import signals
 
-        self.saved = []
-        for sig in (signals.before_task_publish, signals.after_task_publish):
-            for key, receiver in list(sig.receivers):
-                if isinstance(key[0], str) and key[0].startswith("conveyor."):
-                    self.saved.append((sig, key[0], receiver))
-                    sig.disconnect(dispatch_uid=key[0])
+def _plain_run_here(n: int) -> None:
+    import bench.plain_app as plain
 
-    def __exit__(self, *_: Any) -> None:
-        for sig, uid, receiver in self.saved:
-            sig.connect(receiver, weak=False, dispatch_uid=uid)  # connected with weak=False
+    assert "worker.patches" not in sys.modules, "the plain run must not load Conveyor's patches"
+    wait_ready(plain.app, None)
+    ran, _ = e2e(plain.app, n, None)
+    p50, p99 = latency(plain.app)
+    print(json.dumps({"e2e": n / ran, "p50": p50, "p99": p99}))
 
 
 def latency(app: Any, samples: int = 200) -> tuple[float, float]:
@@ -170,7 +172,6 @@ def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
     from config import get_settings
 
     get_settings.cache_clear()
-    import bench.plain_app as plain
     from jobs.client import Client
     from jobs.store import JobStore
     from worker.factory import create_app
@@ -193,13 +194,10 @@ def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
                                     "conv_p50", "conv_p99")}
     for i in range(repeat):
         w = Worker("bench.plain_app", env, tmp / "plain.log")
-        wait_ready(plain.app, w)
-        with conveyor_publish_hooks_off():
-            ran, _ = e2e(plain.app, n, None)
-            p50, p99 = latency(plain.app)
-        out["plain_e2e"].append(n / ran)
-        out["plain_p50"].append(p50)
-        out["plain_p99"].append(p99)
+        plain = plain_run(n)
+        out["plain_e2e"].append(plain["e2e"])
+        out["plain_p50"].append(plain["p50"])
+        out["plain_p99"].append(plain["p99"])
         w.stop()
 
         store_clear(store)
@@ -266,7 +264,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--db", default="sqlite,postgresql")
+    ap.add_argument("--plain-run", type=int, help=argparse.SUPPRESS)  # internal: see plain_run()
     args = ap.parse_args()
+    if args.plain_run:
+        _plain_run_here(args.plain_run)
+        return
     from rich.console import Console
     from rich.table import Table
 

@@ -31,6 +31,7 @@ R = TypeVar("R")
 
 # Columns a lifecycle record may carry. Every row of one executemany needs the same keys.
 JOB_FIELDS = tuple(c.name for c in Job.__table__.columns if c.name not in ("id", "state_order"))
+JOB_FIELDS_BUT_STATUS = tuple(f for f in JOB_FIELDS if f != "status")
 ATTEMPT_FIELDS = ("reason", "worker", "pid", "started_at", "finished_at", "outcome", "error")
 
 
@@ -52,13 +53,17 @@ def _translated(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-@functools.cache
-def _upserts(dialect: str) -> tuple[Any, Any]:
-    """The two lifecycle upserts, built once per dialect (building and cache-keying the large
-    CASE expressions cost more than the write itself when done per batch).
+@functools.lru_cache(maxsize=512)
+def _job_upsert(dialect: str, fields: tuple[str, ...]) -> Any:
+    """The lifecycle upsert of job rows that carry `fields` (besides `id`, `state_order` and
+    `status`), built once per dialect and set of fields: building and cache-keying the CASE
+    expressions costs more than the write itself when done per batch.
 
-    A job record overrides a column only when its `state_order` is at least the row's (otherwise
-    it only fills gaps), so batches from different processes commute."""
+    A record's fields are only the ones it knows (a start, an end, a progress report): binding
+    and updating just those, instead of every column, halves the cost of a write (the bound
+    values of all 28 columns went through SQLAlchemy's type processing, and SQLite evaluated
+    every CASE). A job record overrides a column only when its `state_order` is at least the
+    row's (otherwise it only fills gaps), so batches from different processes commute."""
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = ins(Job)
     newer = stmt.excluded.state_order >= Job.state_order
@@ -67,19 +72,41 @@ def _upserts(dialect: str) -> tuple[Any, Any]:
             (newer, func.coalesce(getattr(stmt.excluded, f), getattr(Job, f))),
             else_=func.coalesce(getattr(Job, f), getattr(stmt.excluded, f)),
         )
-        for f in JOB_FIELDS
+        for f in fields
         if f not in ("idempotency_key", "attempts")
     }
-    # Attempts only grow; the status and the order follow the higher-ranked record.
-    sets["attempts"] = case((stmt.excluded.attempts > Job.attempts, stmt.excluded.attempts), else_=Job.attempts)
+    if "attempts" in fields:  # attempts only grow
+        sets["attempts"] = case((stmt.excluded.attempts > Job.attempts, stmt.excluded.attempts),
+                                else_=Job.attempts)
+    # The status and the order follow the higher-ranked record.
     sets["status"] = case((newer, stmt.excluded.status), else_=Job.status)
     sets["state_order"] = case((newer, stmt.excluded.state_order), else_=Job.state_order)
-    job_stmt = stmt.on_conflict_do_update(index_elements=[Job.id], set_=sets)
-    astmt = ins(JobAttempt)
-    asets = {f: func.coalesce(getattr(astmt.excluded, f), getattr(JobAttempt, f)) for f in ATTEMPT_FIELDS}
-    attempt_stmt = astmt.on_conflict_do_update(index_elements=[JobAttempt.job_id, JobAttempt.number],
-                                               set_=asets)
-    return job_stmt, attempt_stmt
+    return stmt.on_conflict_do_update(index_elements=[Job.id], set_=sets)
+
+
+@functools.lru_cache(maxsize=128)
+def _attempt_upsert(dialect: str, fields: tuple[str, ...]) -> Any:
+    """The upsert of attempt rows that carry `fields`: each fills in what it knows."""
+    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = ins(JobAttempt)
+    keys = [JobAttempt.job_id, JobAttempt.number]
+    if not fields:
+        return stmt.on_conflict_do_nothing(index_elements=keys)
+    sets = {f: func.coalesce(getattr(stmt.excluded, f), getattr(JobAttempt, f)) for f in fields}
+    return stmt.on_conflict_do_update(index_elements=keys, set_=sets)
+
+
+def _by_fields(records: Iterable[dict[str, Any]], names: tuple[str, ...],
+               always: tuple[str, ...]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """Records grouped by which of `names` they carry (a None is "not known", as in the
+    upsert's coalesce), each as a row of `always` and those fields: one executemany each."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        fields = tuple(f for f in names if r.get(f) is not None)
+        row = {f: r.get(f) for f in always}
+        row.update((f, r[f]) for f in fields)
+        groups.setdefault(fields, []).append(row)
+    return groups
 
 
 class JobStore:
@@ -198,18 +225,15 @@ class JobStore:
         A job record overrides a column only when its `state_order` is at least the row's
         (otherwise it only fills gaps), so batches from different processes commute.
         """
-        job_rows = [{"id": r["id"], "state_order": r["state_order"],
-                     **{f: r.get(f) for f in JOB_FIELDS}, "attempts": r.get("attempts") or 0}
-                    for r in jobs]
-        attempt_rows = [{"job_id": r["job_id"], "number": r["number"],
-                         **{f: r.get(f) for f in ATTEMPT_FIELDS}} for r in attempts]
-        job_stmt, attempt_stmt = _upserts(self.dialect)
+        dialect = self.dialect
+        job_groups = _by_fields(jobs, JOB_FIELDS_BUT_STATUS, ("id", "state_order", "status"))
+        attempt_groups = _by_fields(attempts, ATTEMPT_FIELDS, ("job_id", "number"))
         # Core, not the ORM session: ORM bulk mode would apply column defaults over our values.
         with get_engine(self.url).begin() as conn:
-            if job_rows:
-                conn.execute(job_stmt, job_rows)
-            if attempt_rows:
-                conn.execute(attempt_stmt, attempt_rows)
+            for fields, rows in job_groups.items():
+                conn.execute(_job_upsert(dialect, fields), rows)
+            for fields, rows in attempt_groups.items():
+                conn.execute(_attempt_upsert(dialect, fields), rows)
 
     @_translated
     def redelivered(self, job_id: str, attempt: int) -> int:
