@@ -20,8 +20,9 @@ section 2) is still `queued` in the job store, and is published again.
 
 At the end it prints what became of every job: enqueued, succeeded, failed, dead, lost,
 unfinished (no final record), what recover_lost did, run again after a kill, and succeeded
-twice; and the workers' RSS (main process and pool children, /proc VmRSS) at the start and the
-end. Targets: nothing lost or unfinished, nothing succeeded twice, flat memory.
+twice; and the workers' RSS (main process, pool children, recorder process; /proc VmRSS) at
+the start and the end, and worker 0's as the stream went. Targets: nothing lost or unfinished,
+nothing succeeded twice, flat memory.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ MIX: list[tuple[float, str, dict[str, Any]]] = [
     (0.03, "system.sleep", {"seconds": 0, "fail": True, "permanent": True}),
     (0.02, "system.sleep", {"seconds": 0, "fail": True}),
 ]
+
+
+#: Seconds between two samples of worker 0's memory.
+SAMPLE_EVERY = 30.0
 
 
 def free_port() -> int:
@@ -115,10 +120,15 @@ class Worker:
         os.kill(random.choice(kids), signal.SIGKILL)
         return True
 
-    def rss(self) -> tuple[int, int]:
-        """(main process, pool children) resident memory in KiB."""
+    def rss(self) -> tuple[int, int, int]:
+        """(main process, pool children, recorder process) resident memory in KiB."""
         assert self.proc is not None
-        return rss_kib(self.proc.pid), sum(rss_kib(p) for p in children(self.proc.pid))
+        from worker.recorder_process import is_recorder_process
+
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        recorder = [int(p) for p in out.split() if is_recorder_process(int(p))]
+        return (rss_kib(self.proc.pid), sum(rss_kib(p) for p in children(self.proc.pid)),
+                sum(rss_kib(p) for p in recorder))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -248,6 +258,9 @@ def main() -> None:
             t.start()
         finished_states = ("succeeded", "failed", "dead", "lost", "revoked")
         last, last_change = -1, time.monotonic()
+        # Worker 0's memory as the stream goes (it is never killed whole): growth that stops
+        # is a one-time cost, growth that goes on is a leak.
+        samples: list[tuple[float, int, tuple[int, int, int]]] = []
         recovered: dict[str, int] = {}  # what maintenance.recover_lost did, once the stream stalled
         while True:
             time.sleep(2)
@@ -257,6 +270,8 @@ def main() -> None:
                   f"kills: {chaos.whole} workers, {chaos.child} children", flush=True)
             if done != last:
                 last, last_change = done, time.monotonic()
+            if not samples or time.monotonic() - started - samples[-1][0] >= SAMPLE_EVERY:
+                samples.append((time.monotonic() - started, done, workers[0].rss()))
             if sent[0] >= total and done >= total + 1 + bool(recovered):  # + the warm-up (and recovery)
                 break
             if sent[0] >= total and not recovered and time.monotonic() - last_change > RECOVER_AFTER:
@@ -312,12 +327,15 @@ def main() -> None:
         for i, (a, b) in enumerate(zip(rss_start, rss_end, strict=True)):
             note = " (never killed whole)" if i == 0 else f" (restarted {workers[i].restarts}x)"
             mib = [f"{x / 1024:.0f}" for x in (*a, *b)]
-            rows.append((f"worker {i} RSS main / children, start -> end{note}",
-                         f"{mib[0]} / {mib[1]} MiB -> {mib[2]} / {mib[3]} MiB"))
+            rows.append((f"worker {i} RSS main / pool children / recorder, start -> end{note}",
+                         f"{mib[0]} / {mib[1]} / {mib[2]} MiB -> {mib[3]} / {mib[4]} / {mib[5]} MiB"))
         width = max(len(r[0]) for r in rows)
         print()
         for name, value in rows:
             print(f"{name:<{width}}  {value}")
+        print("\nworker 0 RSS as the stream went (MiB): seconds, jobs finished, main / pool children / recorder")
+        for t, n, (m, c, r) in samples:
+            print(f"  {t:5.0f}s {n:>8,}  {m / 1024:6.1f} / {c / 1024:6.1f} / {r / 1024:6.1f}")
         print(f"\nlogs and job store in {tmp}")
     finally:
         stop.set()
