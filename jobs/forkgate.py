@@ -15,8 +15,8 @@ cancellations, relay, recover and record), so `enable()` switches its SQLite eng
 ones back until it is done, so the child starts with SQLite untouched. Every other process
 (pool children, the recorder process, producers, the CLI) pools connections as usual.
 PostgreSQL connections are not gated: a child never uses its parent's (it makes its own),
-and no child hang has been seen with PostgreSQL; libpq has far less process-wide state than
-SQLite (it does call the C library's resolver, whose locks glibc resets at fork).
+and no child hang has been seen with PostgreSQL (libpq keeps far less process-wide state
+than SQLite). If one is, the gate can wrap any pool's checkout the same way.
 
 Written here because neither SQLite, Python's sqlite3 nor SQLAlchemy offers a fork guard; the
 pool overrides the two methods every SQLAlchemy pool implements (`_do_get`, `_do_return_conn`),
