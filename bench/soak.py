@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # shadow the standard library's `email` (which redis-py imports): drop it, put the project in.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench.procs import rss_kib, worker_processes  # noqa: E402
+
 #: Once the stream has stalled this long, run maintenance.recover_lost as the schedule would.
 RECOVER_AFTER = 15.0
 
@@ -70,25 +72,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    """A worker's pool children: what crashing jobs and the OOM killer take down (its recorder
-    process runs no job code)."""
-    from worker.recorder_process import is_recorder_process
-
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split() if not is_recorder_process(int(p))]
 
 
 @dataclass
@@ -114,7 +97,7 @@ class Worker:
 
     def kill_child(self) -> bool:
         assert self.proc is not None
-        kids = children(self.proc.pid)
+        kids, _ = worker_processes(self.proc.pid)
         if not kids:
             return False
         os.kill(random.choice(kids), signal.SIGKILL)
@@ -123,12 +106,8 @@ class Worker:
     def rss(self) -> tuple[int, int, int]:
         """(main process, pool children, recorder process) resident memory in KiB."""
         assert self.proc is not None
-        from worker.recorder_process import is_recorder_process
-
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        recorder = [int(p) for p in out.split() if is_recorder_process(int(p))]
-        return (rss_kib(self.proc.pid), sum(rss_kib(p) for p in children(self.proc.pid)),
-                sum(rss_kib(p) for p in recorder))
+        kids, recorder = worker_processes(self.proc.pid)
+        return rss_kib(self.proc.pid), sum(map(rss_kib, kids)), sum(map(rss_kib, recorder))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,22 +24,7 @@ sys.path[0] = str(ROOT)  # as in bench/throughput.py: bench/email.py must not sh
 import redis  # noqa: E402
 
 import bench.throughput as bt  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def children(pid: int) -> list[tuple[str, int]]:
-    """The worker's other processes: pool children and (Conveyor's) recorder process."""
-    from worker.recorder_process import is_recorder_process
-
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return sorted(("recorder" if is_recorder_process(int(p)) else "child", int(p)) for p in out)
+from bench.procs import rss_kib, worker_processes  # noqa: E402
 
 
 def stream(name: str, app_module: str, probe_app: object, env: dict[str, str], tmp: Path,
@@ -51,14 +35,16 @@ def stream(name: str, app_module: str, probe_app: object, env: dict[str, str], t
     try:
         bt.wait_ready(probe_app, w)
         key = f"mem:{name}"
-        samples = [(0, rss_mib(w.proc.pid))]
+        samples = [(0, rss_kib(w.proc.pid) / 1024)]
         done = 0
         while done < total:
             publish(key, batch)
             done += batch
             bt.wait_count(r, key, done)
-            samples.append((done, rss_mib(w.proc.pid)))
-            others = "  ".join(f"{label} {rss_mib(pid):6.1f}" for label, pid in children(w.proc.pid))
+            samples.append((done, rss_kib(w.proc.pid) / 1024))
+            kids, recorder = worker_processes(w.proc.pid)
+            others = "  ".join([f"child {rss_kib(p) / 1024:6.1f}" for p in kids]
+                               + [f"recorder {rss_kib(p) / 1024:6.1f}" for p in recorder])
             print(f"  {name:9s} {done:>7,} jobs  main process {samples[-1][1]:6.1f} MiB  ({others})", flush=True)
         return samples
     finally:
@@ -77,15 +63,8 @@ def main() -> None:
 
     get_settings.cache_clear()
     import bench.plain_app as plain
-    from jobs.client import Client
-    from worker.factory import create_app
 
-    app = create_app(get_settings())
-    client = Client(app)
     ptask = plain.app.tasks["bench.count"]
-
-    def conveyor_publish(key: str, n: int) -> None:
-        client.enqueue_many("bench.count", [{"k": key}] * n)
 
     def plain_publish(key: str, n: int) -> None:
         with plain.app.producer_or_acquire() as producer:
@@ -93,9 +72,18 @@ def main() -> None:
                 ptask.apply_async(kwargs={"k": key}, producer=producer)
 
     t0 = time.time()
-    with bt.conveyor_publish_hooks_off():
-        plain_run = stream("plain", "bench.plain_app", plain.app, env, tmp, plain_publish, args.jobs, args.batch)
-    conveyor_run = stream("conveyor", "worker.app", app, env, tmp, conveyor_publish, args.jobs, args.batch)
+    # Plain Celery first: building the Conveyor app connects its publish hooks process-wide.
+    plain_run = stream("plain", "bench.plain_app", plain.app, env, tmp, plain_publish, args.jobs, args.batch)
+
+    from jobs.client import Client
+    from worker.factory import create_app
+
+    client = Client(create_app(get_settings()))
+
+    def conveyor_publish(key: str, n: int) -> None:
+        client.enqueue_many("bench.count", [{"k": key}] * n)
+
+    conveyor_run = stream("conveyor", "worker.app", client.app, env, tmp, conveyor_publish, args.jobs, args.batch)
 
     from rich.console import Console
     from rich.table import Table

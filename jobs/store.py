@@ -228,7 +228,8 @@ class JobStore:
         dialect = self.dialect
         job_groups = _by_fields(jobs, JOB_FIELDS_BUT_STATUS, ("id", "state_order", "status"))
         attempt_groups = _by_fields(attempts, ATTEMPT_FIELDS, ("job_id", "number"))
-        # Core, not the ORM session: ORM bulk mode would apply column defaults over our values.
+        # Core, not the ORM session. A column a group leaves out takes its default on insert
+        # (only status, state_order and attempts have one) and is left alone on update.
         with get_engine(self.url).begin() as conn:
             for fields, rows in job_groups.items():
                 conn.execute(_job_upsert(dialect, fields), rows)

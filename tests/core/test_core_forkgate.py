@@ -10,7 +10,9 @@ import textwrap
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from jobs.forkgate import GATE, GatedSQLitePool
 from tests.conftest import ROOT
@@ -103,15 +105,10 @@ def test_the_gate_is_left_whatever_happens_to_a_connection(tmp_path: Path) -> No
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY)"))
         conn.execute(text("INSERT INTO t VALUES (1)"))
-    try:
-        with engine.begin() as conn:
-            with engine.connect() as nested:  # a second connection of the same thread
-                nested.execute(text("SELECT 1"))
-            conn.execute(text("INSERT INTO t VALUES (1)"))  # duplicate key: rolled back
-    except Exception as exc:  # noqa: BLE001
-        assert "UNIQUE" in str(exc)
-    else:
-        raise AssertionError("the duplicate insert did not fail")
+    with pytest.raises(IntegrityError, match="UNIQUE"), engine.begin() as conn:
+        with engine.connect() as nested:  # a second connection of the same thread
+            nested.execute(text("SELECT 1"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))  # duplicate key: rolled back
     conn = engine.connect()
     conn.invalidate()
     conn.close()
