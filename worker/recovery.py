@@ -11,7 +11,9 @@ the longest job). Conveyor's workers instead claim what they hold:
 - `sweep()` (every worker's main process runs it every `recovery_sweep_interval` seconds, under
   kombu's own `unacked_mutex`, so one sweeper at a time and never alongside kombu's restore)
   restores every unacknowledged message older than `recovery_min_age` that no live worker
-  claims, through kombu's `restore_by_tag`, which marks it redelivered.
+  claims, through kombu's `restore_by_tag`, which marks it redelivered. It does nothing while
+  Redis has been up for less than `recovery_node_ttl` (a restart loses or lapses the claims of
+  live workers that have not reconnected yet).
 
 A live worker keeps claiming a long job's message, so it is never handed to a second worker.
 This is how Dramatiq and Sidekiq Pro recover from dead workers.
@@ -125,6 +127,12 @@ def sweep(app: Celery, min_age: float | None = None) -> list[str]:
         if not hasattr(channel, "unacked_index_key"):
             return restored  # not a Redis broker
         with channel.conn_or_acquire() as client:
+            if int(client.info("server").get("uptime_in_seconds", 0)) < settings.recovery_node_ttl:
+                # Redis has just (re)started: the claims of workers still reconnecting (kombu
+                # waits up to 30 s between attempts) lapsed or died with it, and their jobs
+                # still run. Claims are trusted once every live worker has had a node TTL to
+                # beat again; until then nothing looks dead.
+                return restored
             candidates = [t.decode() if isinstance(t, bytes) else t for t in
                           client.zrangebyscore(channel.unacked_index_key, 0, time.time() - min_age)]
             if not candidates:

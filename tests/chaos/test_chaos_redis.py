@@ -3,7 +3,8 @@
 - Restarted with AOF on (`appendfsync always`): messages queued before the restart are still
   there and run; the worker and a producer made before the restart both carry on without being
   restarted themselves (kombu reconnects).
-- Jobs running while Redis restarts run once, whether the worker has free slots or not.
+- Jobs running while Redis restarts run once, whether the worker has free slots or not; the
+  recovery sweep trusts no claims until Redis has been up a node TTL.
 - Wiped (FLUSHALL): the job store still knows every queued job, so `maintenance.recover_lost`
   publishes again those safe to repeat and marks the others `lost`; none runs twice.
 """
@@ -113,3 +114,30 @@ def test_jobs_running_across_a_redis_restart_run_once_with_free_slots(chaos_sett
     take the copies at once); once done, the sweep gives them back and each copy is
     acknowledged without a rerun."""
     _run_across_a_restart(chaos_settings, chaos_client, private_redis, start_worker, concurrency=4)
+
+
+def test_the_sweep_trusts_no_claims_until_redis_has_been_up_a_node_ttl(chaos_settings, private_redis):
+    """Right after a Redis restart, a live worker still reconnecting has no claim in Redis: its
+    running jobs' messages must not look abandoned (seen: the sweeper gave them back 0.1 s before
+    the worker's own consumer reconnected, and free slots ran them twice)."""
+    from worker.factory import create_app
+    from worker.recovery import sweep
+
+    app = create_app(chaos_settings)
+    with app.connection_for_write() as conn:
+        queue = conn.SimpleQueue("default")
+        queue.put({"job": "running on a worker that is reconnecting"})
+        queue.get(timeout=5)  # taken, never acknowledged: in kombu's unacked hash, claimed by no one
+        queue.channel.do_restore = False  # the connection is "lost", not closed cleanly
+        queue.close()
+    client = redis.Redis(port=private_redis.port)
+    assert int(client.info("server")["uptime_in_seconds"]) < chaos_settings.recovery_node_ttl
+    assert sweep(app, min_age=0) == []
+    assert client.hlen("unacked") == 1  # still unacknowledged, not given back
+    assert queue_depths(chaos_settings.broker_url)["default"] == 0
+
+    wait_until(lambda: int(client.info("server")["uptime_in_seconds"]) >= chaos_settings.recovery_node_ttl,
+               timeout=10, message="Redis to have been up a node TTL")
+    assert len(sweep(app, min_age=0)) == 1  # now an unclaimed message is a dead worker's
+    assert queue_depths(chaos_settings.broker_url)["default"] == 1 and client.hlen("unacked") == 0
+    app.close()
