@@ -51,6 +51,8 @@ def _safe(fn: Callable[..., None]) -> Callable[..., None]:
 
 def _jsonable(value: Any) -> Any:
     """`value` if JSON can hold it (and it is not huge), else a string saying what it was."""
+    if value is None or type(value) in (bool, int, float) or (type(value) is str and len(value) < 10_000):
+        return value  # most results: nothing to check
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
@@ -101,8 +103,15 @@ def _settings(sender: Any = None) -> Any:
 
 
 def _recorder(sender: Any = None) -> Recorder | ForwardingRecorder:
-    s = _settings(sender)
-    return get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size)
+    """This process's recorder for the app at hand, kept on the app: reading the settings
+    through Celery's configuration cost microseconds on every lifecycle event."""
+    app = getattr(sender, "app", None) or current_app._get_current_object()
+    known = app.__dict__.get("_conveyor_recorder")
+    if known is None or known[0] != os.getpid():
+        s = app.conf.conveyor_settings
+        known = app._conveyor_recorder = (
+            os.getpid(), get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size))
+    return known[1]  # type: ignore[no-any-return]
 
 
 #: This worker's recorder process (worker/recorder_process.py), once started.

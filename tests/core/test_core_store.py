@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from jobs.db import Base, get_engine, utcnow
 from jobs.migrate import downgrade, head_revisions, is_current, upgrade
 from jobs.models import JobStatus, state_order
-from jobs.recorder import Recorder
+from jobs.recorder import Recorder, _compact, _dumps, decode_records
 from jobs.store import JobStore
 
 
@@ -90,6 +90,67 @@ def test_recorder_keeps_records_while_the_store_fails(tmp_path):
     assert rec.flush() is True and rec.pending == 0
     job = JobStore(url).get("x")
     assert job.status == JobStatus.SUCCEEDED and job.kwargs == {"a": 1}
+
+
+def _attempts(job_id: str, now):
+    return [
+        {"job_id": job_id, "number": 1, "reason": "first_run", "worker": "a", "pid": 7,
+         "started_at": now, "outcome": "running"},
+        {"job_id": job_id, "number": 1, "finished_at": now + timedelta(seconds=1), "outcome": "retried",
+         "error": "boom"},
+        {"job_id": job_id, "number": 2, "reason": "retry", "worker": "b", "started_at": now, "outcome": "running"},
+        {"job_id": job_id, "number": 2, "finished_at": now + timedelta(seconds=4), "outcome": "succeeded",
+         "error": None},
+    ]
+
+
+def _row(store: JobStore, job_id: str) -> tuple[dict, list[dict]]:
+    job = store.get(job_id)
+    fields = {c.name: getattr(job, c.name) for c in job.__table__.columns if c.name != "id"}
+    attempts = [{c.name: getattr(a, c.name) for c in a.__table__.columns if c.name not in ("id", "job_id")}
+                for a in store.attempts(job_id)]
+    return fields, attempts
+
+
+def test_a_compacted_frame_lands_as_the_records_it_merged(database_url):
+    """A pool child merges a job's records into one job record and one per attempt before it
+    sends them: what lands must be what the records written one by one give."""
+    store = JobStore(database_url)
+    now = utcnow()
+    orders = list(itertools.permutations(range(1, 5)))
+    random.Random(3).shuffle(orders)
+    for n, order in enumerate(orders[:12]):
+        recs = _records("", now)
+        queued = recs[0]
+        frame = [["j", "", r["state_order"], {k: v for k, v in r.items() if k not in ("id", "state_order")}]
+                 for r in (recs[i] for i in order)]
+        frame += [["a", "", a.pop("number"), {k: v for k, v in a.items() if k != "job_id"}]
+                  for a in _attempts("", now)]
+        for job_id in (f"one-{n}", f"compact-{n}"):
+            store.apply([{**queued, "id": job_id}], [])  # the producer's record
+        for kind, _, order_, fields in frame:  # one by one
+            if kind == "j":
+                store.apply([{"id": f"one-{n}", "state_order": order_, **fields}], [])
+            else:
+                store.apply([], [{"job_id": f"one-{n}", "number": order_, **fields}])
+        sent = _compact([[kind, f"compact-{n}", o, dict(f)] for kind, _, o, f in frame])
+        assert len(sent) == 3  # one job record, one per attempt
+        records, sync = decode_records(_dumps(sent))
+        assert sync is False
+        store.apply([{"id": k, "state_order": o, **f} for kind, k, o, f in records if kind == "j"],
+                    [{"job_id": k, "number": o, **f} for kind, k, o, f in records if kind == "a"])
+        a, b = _row(store, f"compact-{n}"), _row(store, f"one-{n}")
+        assert a == b, (order, {k: (a[0][k], b[0][k]) for k in a[0] if a[0][k] != b[0][k]}, a[1], b[1])
+
+
+def test_a_frame_carries_what_json_can_hold():
+    """Results orjson refuses but JSON holds (integers past 64 bits) still reach the recorder."""
+    now = utcnow()
+    frame = [["j", "x", 5, {"result": {"big": 2**70, "n": [1.5, None]}, "finished_at": now}],
+             ["j", "y", 5, {"result": {1: "int key"}, "started_at": now}]]
+    records, _ = decode_records(_dumps(frame))
+    assert records == [("j", "x", 5, {"result": {"big": 2**70, "n": [1.5, None]}, "finished_at": now}),
+                       ("j", "y", 5, {"result": {"1": "int key"}, "started_at": now})]
 
 
 def test_prune_deletes_only_old_finished_jobs(database_url):
