@@ -307,9 +307,15 @@ def drop_malformed_messages() -> bool:
     def _brpop_read(self: Any, **options: Any) -> Any:
         try:
             return read(self, **options)
-        except (redis_transport.Empty, *self.connection_errors):
+        except redis_transport.Empty:
             raise
         except Exception as exc:  # noqa: BLE001
+            # kombu counts any KeyError as a lost connection (a stale poller descriptor, kombu
+            # #2582, raised outside this read), but one raised here, after the pop, is the
+            # item's: a JSON object without 'properties' is not a message. Reconnecting for
+            # it only cost the worker its connection and its running jobs' channel.
+            if isinstance(exc, self.connection_errors) and not isinstance(exc, KeyError):
+                raise
             log.error("dropped a malformed message from Redis: %r", exc)
             return True
 
