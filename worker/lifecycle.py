@@ -281,7 +281,13 @@ def connect(app: Celery) -> None:
                            error_message=f"no task {name!r} is registered on this worker")
 
     def process_init(**_: Any) -> None:
-        dispose_engines()  # never reuse a pool inherited across fork
+        # The pools inherited across fork are dropped, never reused. SQLAlchemy logs a "Pool
+        # recreating" line at INFO for each, in every new pool child: nothing an operator needs.
+        for name in ("sqlalchemy.pool", "jobs.forkgate.GatedSQLitePool"):  # pools log by class
+            pool_log = logging.getLogger(name)
+            if pool_log.level == logging.NOTSET:
+                pool_log.setLevel(logging.WARNING)
+        dispose_engines()
 
     def process_shutdown(**_: Any) -> None:
         close_recorders()  # pool children leave through os._exit: atexit would not run

@@ -40,6 +40,7 @@ import heapq
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,6 +48,7 @@ from typing import Any
 import celery
 import kombu
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer
 
 log = logging.getLogger("conveyor.patches")
@@ -137,12 +139,19 @@ class ConveyorConsumer(Consumer):  # type: ignore[misc]
         once a job is done its message, no longer claimed, is given back by the sweep and
         acknowledged without a rerun (`leave_lost_channels_to_recovery`). A clean shutdown still
         restores as before.
+
+        Running jobs are kept on purpose (`worker_cancel_long_running_tasks_on_connection_loss`
+        off, the recovery heartbeat claims them), so Celery's seven-line notice that a future
+        version will cancel them is left out of the log of every reconnect.
         """
         connection = self.connection
         transport = getattr(connection, "_transport", None) if connection is not None else None
         for channel in list(getattr(transport, "channels", None) or ()):
             channel.do_restore = False
-        super().on_connection_error_after_connected(exc)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="(?s).*worker_cancel_long_running_tasks_on_connection_loss",
+                                    category=CPendingDeprecationWarning)
+            super().on_connection_error_after_connected(exc)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Any error handling one message rejects that message (logged), never the consumer.
