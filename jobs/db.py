@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -64,19 +66,32 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def json_dumps(value: Any) -> str:
+    """The JSON columns' serializer: orjson (every job's args, kwargs and result go through it,
+    on enqueue and in the recorder: 3-6 us each with the standard library, under 1 us with
+    orjson). What orjson refuses and `json` takes (integers past 64 bits) goes through `json`."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+
+
 def make_engine(url: str) -> Engine:
     """A new engine for `url`, tuned for the job store's write pattern."""
+    # Read back with the standard library: orjson reads integers past 64 bits as floats.
+    codec: dict[str, Any] = {"json_serializer": json_dumps}
     if url.startswith("sqlite"):
         # A process that forks while its threads use SQLite (a worker's main process) holds no
         # connection open across a fork: see jobs/forkgate.py.
         pool = {"poolclass": forkgate.GatedSQLitePool} if forkgate.enabled() else {}
-        engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False}, **pool)
+        engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False}, **pool,
+                               **codec)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
     if url.startswith(("postgresql", "postgres")):
         connect_args["connect_timeout"] = 3
-    return create_engine(url, pool_pre_ping=True, pool_size=5, connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, connect_args=connect_args, **codec)
 
 
 _engines: dict[tuple[int, str], Engine] = {}

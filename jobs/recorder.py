@@ -382,7 +382,7 @@ def _compact(records: list[list[Any]]) -> list[list[Any]]:
 
 def decode_records(payload: bytes) -> tuple[list[tuple[str, str, int, dict[str, Any]]], bool]:
     """The records of one frame sent by a `ForwardingRecorder`, and whether it asks for a sync."""
-    entries = orjson.loads(payload)
+    entries = json.loads(payload)  # not orjson: it reads integers past 64 bits as floats
     sync = bool(entries) and entries[-1] == [SYNC]
     out = []
     for kind, key, order, fields in entries[:-1] if sync else entries:

@@ -146,11 +146,21 @@ def test_a_compacted_frame_lands_as_the_records_it_merged(database_url):
 def test_a_frame_carries_what_json_can_hold():
     """Results orjson refuses but JSON holds (integers past 64 bits) still reach the recorder."""
     now = utcnow()
-    frame = [["j", "x", 5, {"result": {"big": 2**70, "n": [1.5, None]}, "finished_at": now}],
+    frame = [["j", "x", 5, {"result": {"big": 2**70 + 1, "n": [1.5, None]}, "finished_at": now}],
              ["j", "y", 5, {"result": {1: "int key"}, "started_at": now}]]
     records, _ = decode_records(_dumps(frame))
-    assert records == [("j", "x", 5, {"result": {"big": 2**70, "n": [1.5, None]}, "finished_at": now}),
+    assert records == [("j", "x", 5, {"result": {"big": 2**70 + 1, "n": [1.5, None]}, "finished_at": now}),
                        ("j", "y", 5, {"result": {"1": "int key"}, "started_at": now})]
+
+
+def test_json_columns_keep_what_json_can_hold(database_url):
+    """The store writes JSON with orjson, and with `json` what orjson refuses: nothing changes."""
+    store = JobStore(database_url)
+    result = {"big": 2**70 + 1, "small": -3, "keys": {"1": "int key"}, "x": [1.5, "é", None]}
+    store.apply([{"id": "big", "state_order": 0, "status": JobStatus.QUEUED, "kwargs": {"n": 2**64},
+                  "result": result}], [])
+    job = store.get("big")
+    assert job.result == result and job.kwargs == {"n": 2**64}
 
 
 def test_prune_deletes_only_old_finished_jobs(database_url):
