@@ -87,10 +87,7 @@ class ForkGate:
 
     def after_fork_in_child(self) -> None:
         """The child has none of its parent's threads, so nothing of theirs is inside."""
-        self._cond = threading.Condition(threading.Lock())
-        self._inside = 0
-        self._forking = False
-        self._mine = threading.local()
+        self.__init__()  # type: ignore[misc]
 
 
 GATE = ForkGate()

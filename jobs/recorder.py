@@ -30,9 +30,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import orjson
-
-from jobs.db import UTCDateTime
+from jobs.db import UTCDateTime, json_bytes
 from jobs.errors import StoreUnavailable
 from jobs.models import Job, JobAttempt
 from jobs.store import JobStore
@@ -59,6 +57,11 @@ def _merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     if old.get("attempts") is not None and fresh.get("attempts") is not None:
         merged["attempts"] = max(old["attempts"], fresh["attempts"])  # as in the upsert: only grows
     return merged
+
+
+def _fill(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Combine two records of one attempt: what `new` knows over `old` (as the upsert's coalesce)."""
+    return {**old, **{k: v for k, v in new.items() if v is not None}}
 
 
 class Recorder:
@@ -96,7 +99,7 @@ class Recorder:
         rec = {"job_id": job_id, "number": number, **fields}
         with self._lock:
             old = self._attempts.get(key)
-            self._attempts[key] = {**old, **{k: v for k, v in rec.items() if v is not None}} if old else rec
+            self._attempts[key] = _fill(old, rec) if old else rec
             self._touch()
         self._started()
 
@@ -142,8 +145,7 @@ class Recorder:
                 for jid, rec in jobs.items():
                     self._jobs[jid] = _merge(rec, self._jobs[jid]) if jid in self._jobs else rec
                 for key, rec in attempts.items():
-                    newer = self._attempts.get(key)
-                    self._attempts[key] = {**rec, **{k: v for k, v in (newer or {}).items() if v is not None}}
+                    self._attempts[key] = _fill(rec, self._attempts.get(key) or {})
                 self._first = self._first or time.monotonic()
                 self._last = self._last or self._first
                 backlog = len(self._jobs) + len(self._attempts)
@@ -288,7 +290,7 @@ class ForwardingRecorder:
         holds; True if it did (or, without `sync`, if the records were handed over)."""
         if self._local is None:
             try:
-                payload = _dumps([*records, [SYNC]] if sync else records)
+                payload = json_bytes([*records, [SYNC]] if sync else records)
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     self._sock.connect(self.address)
@@ -343,23 +345,6 @@ DATETIME_FIELDS = frozenset(c.name for t in (Job.__table__, JobAttempt.__table__
                             if isinstance(c.type, UTCDateTime))
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot send a {type(value).__name__} to the recorder process")
-
-
-def _dumps(entries: list[list[Any]]) -> bytes:
-    """A frame's JSON. orjson, on every job's path in a pool child: a job's frame took 12 us
-    with the standard library (a Python callback for each datetime), 0.8 us with orjson, whose
-    datetimes come out as the same ISO strings. The few values orjson refuses and `json` takes
-    (integers past 64 bits) go through `json`."""
-    try:
-        return orjson.dumps(entries, option=orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError:
-        return json.dumps(entries, default=_encode).encode()
-
-
 def _compact(records: list[list[Any]]) -> list[list[Any]]:
     """One record per job and per attempt, merged as the recorder would merge them: a job's
     held start and its end go out as one job record and one attempt record, so the frame, its
@@ -376,7 +361,7 @@ def _compact(records: list[list[Any]]) -> list[list[Any]]:
             both = _merge({"state_order": old[2], **old[3]}, {"state_order": order, **fields})
             merged[slot] = ["j", key, both.pop("state_order"), both]
         else:
-            merged[slot] = ["a", key, order, {**old[3], **{k: v for k, v in fields.items() if v is not None}}]
+            merged[slot] = ["a", key, order, _fill(old[3], fields)]
     return list(merged.values())
 
 
@@ -430,6 +415,18 @@ def get_recorder(database_url: str, interval: float = 0.1,
                     rec = local()
                 _recorders[key] = rec
     return rec
+
+
+def app_recorder(app: Any) -> Recorder | ForwardingRecorder:
+    """This process's recorder for the job store of `app` (a Celery app made by
+    `worker.factory.create_app`), kept on the app: reading its settings through Celery's
+    configuration cost microseconds on every lifecycle event."""
+    known = app.__dict__.get("_conveyor_recorder")
+    if known is None or known[0] != os.getpid():
+        s = app.conf.conveyor_settings
+        known = app._conveyor_recorder = (
+            os.getpid(), get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size))
+    return known[1]  # type: ignore[no-any-return]
 
 
 def close_recorders() -> None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from config import Settings
 from jobs.errors import PermanentError, Quarantined
 from jobs.models import JobStatus, state_order
-from jobs.recorder import ForwardingRecorder, Recorder, get_recorder
+from jobs.recorder import ForwardingRecorder, Recorder, app_recorder
 from jobs.store import JobStore
 
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ class ConveyorTask(Task):  # type: ignore[misc]
 
     @property
     def recorder(self) -> Recorder | ForwardingRecorder:
-        s = self.settings
-        return get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size)
+        return app_recorder(self.app)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         """Publish with sensitive fields redacted in what monitors see: Celery builds the

@@ -25,7 +25,7 @@ from celery.worker import state as worker_state
 from jobs import forkgate
 from jobs.db import dispose_engines, utcnow
 from jobs.models import REVOKED_ORDER, AttemptOutcome, AttemptReason, JobStatus, state_order
-from jobs.recorder import ForwardingRecorder, Recorder, close_recorders, get_recorder
+from jobs.recorder import ForwardingRecorder, Recorder, app_recorder, close_recorders
 from jobs.store import JobStore
 from tasks.registry import REGISTRY
 
@@ -103,15 +103,7 @@ def _settings(sender: Any = None) -> Any:
 
 
 def _recorder(sender: Any = None) -> Recorder | ForwardingRecorder:
-    """This process's recorder for the app at hand, kept on the app: reading the settings
-    through Celery's configuration cost microseconds on every lifecycle event."""
-    app = getattr(sender, "app", None) or current_app._get_current_object()
-    known = app.__dict__.get("_conveyor_recorder")
-    if known is None or known[0] != os.getpid():
-        s = app.conf.conveyor_settings
-        known = app._conveyor_recorder = (
-            os.getpid(), get_recorder(s.database_url, s.record_flush_interval, s.record_batch_size))
-    return known[1]  # type: ignore[no-any-return]
+    return app_recorder(getattr(sender, "app", None) or current_app._get_current_object())
 
 
 #: This worker's recorder process (worker/recorder_process.py), once started.
@@ -281,19 +273,20 @@ def connect(app: Celery) -> None:
                            error_message=f"no task {name!r} is registered on this worker")
 
     def process_init(**_: Any) -> None:
-        # The pools inherited across fork are dropped, never reused. SQLAlchemy logs a "Pool
-        # recreating" line at INFO for each, in every new pool child: nothing an operator needs.
-        for name in ("sqlalchemy.pool", "jobs.forkgate.GatedSQLitePool"):  # pools log by class
-            pool_log = logging.getLogger(name)
-            if pool_log.level == logging.NOTSET:
-                pool_log.setLevel(logging.WARNING)
-        dispose_engines()
+        dispose_engines()  # never reuse a pool inherited across fork
 
     def process_shutdown(**_: Any) -> None:
         close_recorders()  # pool children leave through os._exit: atexit would not run
 
     def worker_init(sender: Any = None, **_: Any) -> None:
         settings = sender.app.conf.conveyor_settings
+        # Engines are dropped here and in every pool child (`process_init`); SQLAlchemy logs a
+        # "Pool recreating" line at INFO for each: nothing an operator needs. Set before the
+        # pool forks, so the children inherit it.
+        for name in ("sqlalchemy.pool", "jobs.forkgate.GatedSQLitePool"):  # pools log by class
+            pool_log = logging.getLogger(name)
+            if pool_log.level == logging.NOTSET:
+                pool_log.setLevel(logging.WARNING)
         from worker import forksafe
 
         forksafe.install()  # pool children forked while this process's threads run

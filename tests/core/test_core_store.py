@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from jobs.db import Base, get_engine, utcnow
+from jobs.db import Base, get_engine, json_bytes, utcnow
 from jobs.migrate import downgrade, head_revisions, is_current, upgrade
 from jobs.models import JobStatus, state_order
-from jobs.recorder import Recorder, _compact, _dumps, decode_records
+from jobs.recorder import Recorder, _compact, decode_records
 from jobs.store import JobStore
 
 
@@ -135,7 +135,7 @@ def test_a_compacted_frame_lands_as_the_records_it_merged(database_url):
                 store.apply([], [{"job_id": f"one-{n}", "number": order_, **fields}])
         sent = _compact([[kind, f"compact-{n}", o, dict(f)] for kind, _, o, f in frame])
         assert len(sent) == 3  # one job record, one per attempt
-        records, sync = decode_records(_dumps(sent))
+        records, sync = decode_records(json_bytes(sent))
         assert sync is False
         store.apply([{"id": k, "state_order": o, **f} for kind, k, o, f in records if kind == "j"],
                     [{"job_id": k, "number": o, **f} for kind, k, o, f in records if kind == "a"])
@@ -148,7 +148,7 @@ def test_a_frame_carries_what_json_can_hold():
     now = utcnow()
     frame = [["j", "x", 5, {"result": {"big": 2**70 + 1, "n": [1.5, None]}, "finished_at": now}],
              ["j", "y", 5, {"result": {1: "int key"}, "started_at": now}]]
-    records, _ = decode_records(_dumps(frame))
+    records, _ = decode_records(json_bytes(frame))
     assert records == [("j", "x", 5, {"result": {"big": 2**70 + 1, "n": [1.5, None]}, "finished_at": now}),
                        ("j", "y", 5, {"result": {"1": "int key"}, "started_at": now})]
 
