@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import Text, and_, bindparam, case, cast, column, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import mask_url
-from jobs.db import get_engine, utcnow
+from jobs.db import get_engine, json_dumps, utcnow
 from jobs.errors import InvalidTransition, JobNotFound, StoreUnavailable
 from jobs.models import (
     FINISHED,
@@ -53,6 +53,49 @@ def _translated(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+@functools.lru_cache(maxsize=64)
+def _insert(table: Any, dialect: str, names: tuple[str, ...]) -> Any:
+    """An INSERT of rows that carry the columns `names`, for the dialect's `on_conflict_*`.
+
+    On PostgreSQL the rows are one bound JSON array, turned back into rows by the server
+    (`INSERT ... SELECT ... FROM jsonb_to_recordset(:rows) AS rows(c1 t1, ...)`), see
+    `_bind_rows`: one statement and one parameter per batch. An executemany sends every row
+    through SQLAlchemy's and psycopg's per-value processing and the server executes the
+    statement once per row: for a batch of 500 finished jobs (job row and attempt row), client
+    CPU 31 -> 10 us a job, server 33 -> 25, measured around `JobStore.apply`. (Arrays per
+    column through `unnest()` saved only the server's share: psycopg dumps lists in Python.)"""
+    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    if dialect != "postgresql":
+        return ins(table)
+    rows = func.jsonb_to_recordset(cast(bindparam("rows", type_=Text), postgresql.JSONB))
+    derived = rows.table_valued(*[column(n, table.c[n].type) for n in names]).render_derived(
+        name="rows", with_types=True)
+    return ins(table).from_select(names, select(*[derived.c[n] for n in names]))
+
+
+def _bind_rows(dialect: str, rows: list[dict[str, Any]], key: tuple[str, ...]) -> Iterator[Any]:
+    """The parameters of `_insert` statements that write `rows`: the rows themselves (one
+    executemany), or on PostgreSQL the JSON array each statement reads them from (datetimes
+    as ISO 8601 text). One such statement may not upsert a row twice, so rows whose `key`
+    repeats go into a further statement, in order."""
+    if dialect != "postgresql":
+        yield rows
+        return
+    while rows:
+        seen: set[tuple[Any, ...]] = set()
+        first: list[dict[str, Any]] = []
+        repeated: list[dict[str, Any]] = []
+        for row in rows:
+            k = tuple([row[n] for n in key])
+            if k in seen:
+                repeated.append(row)
+            else:
+                seen.add(k)
+                first.append(row)
+        yield {"rows": json_dumps(first)}
+        rows = repeated
+
+
 @functools.lru_cache(maxsize=512)
 def _job_upsert(dialect: str, fields: tuple[str, ...]) -> Any:
     """The lifecycle upsert of job rows that carry `fields` (besides `id`, `state_order` and
@@ -64,8 +107,7 @@ def _job_upsert(dialect: str, fields: tuple[str, ...]) -> Any:
     values of all 28 columns went through SQLAlchemy's type processing, and SQLite evaluated
     every CASE). A job record overrides a column only when its `state_order` is at least the
     row's (otherwise it only fills gaps), so batches from different processes commute."""
-    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = ins(Job)
+    stmt = _insert(Job.__table__, dialect, ("id", "state_order", "status", *fields))
     newer = stmt.excluded.state_order >= Job.state_order
     sets: dict[str, Any] = {
         f: case(
@@ -87,8 +129,7 @@ def _job_upsert(dialect: str, fields: tuple[str, ...]) -> Any:
 @functools.lru_cache(maxsize=128)
 def _attempt_upsert(dialect: str, fields: tuple[str, ...]) -> Any:
     """The upsert of attempt rows that carry `fields`: each fills in what it knows."""
-    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = ins(JobAttempt)
+    stmt = _insert(JobAttempt.__table__, dialect, ("job_id", "number", *fields))
     keys = [JobAttempt.job_id, JobAttempt.number]
     if not fields:
         return stmt.on_conflict_do_nothing(index_elements=keys)
@@ -207,8 +248,12 @@ class JobStore:
     def create_many(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert many queued jobs in one statement (no idempotency keys)."""
         if rows:
+            dialect = self.dialect
+            rows = [{**r, "state_order": 0} for r in rows]
+            stmt = _insert(Job.__table__, dialect, tuple(rows[0]))
             with get_engine(self.url).begin() as conn:
-                conn.execute(insert(Job), [{**r, "state_order": 0} for r in rows])
+                for params in _bind_rows(dialect, rows, ("id",)):
+                    conn.execute(stmt, params)
 
     @_translated
     def delete(self, job_id: str) -> None:
@@ -232,9 +277,11 @@ class JobStore:
         # (only status, state_order and attempts have one) and is left alone on update.
         with get_engine(self.url).begin() as conn:
             for fields, rows in job_groups.items():
-                conn.execute(_job_upsert(dialect, fields), rows)
+                for params in _bind_rows(dialect, rows, ("id",)):
+                    conn.execute(_job_upsert(dialect, fields), params)
             for fields, rows in attempt_groups.items():
-                conn.execute(_attempt_upsert(dialect, fields), rows)
+                for params in _bind_rows(dialect, rows, ("job_id", "number")):
+                    conn.execute(_attempt_upsert(dialect, fields), params)
 
     @_translated
     def redelivered(self, job_id: str, attempt: int) -> int:
