@@ -16,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from config import mask_url
-from jobs.db import utcnow
+from jobs.db import has_nul, utcnow
 from jobs.errors import (
     BrokerUnavailable,
     InvalidInput,
@@ -158,7 +158,7 @@ class Client:
             text = json.dumps(data)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"the payload of {task_name} is not JSON: {exc}") from None
-        if _has_nul(data):
+        if has_nul(data):
             raise InvalidInput(f"the payload of {task_name} contains a NUL character (\\u0000), "
                                "which the job store cannot keep")
         size = len(text)
@@ -393,18 +393,6 @@ class Client:
             )
         return self.enqueue(spec.name, payload, queue=old.queue, priority=old.priority,
                             source=old.source or "api", retry_of=job_id)
-
-
-def _has_nul(value: Any) -> bool:
-    """Whether a NUL character hides in any key or string of `value` (PostgreSQL's JSONB cannot
-    hold one; refused on every store so that SQLite and PostgreSQL agree)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 def _after_commit(session: Session, publish: Any) -> None:

@@ -84,6 +84,19 @@ def _isoformat(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def has_nul(value: Any) -> bool:
+    """Whether a NUL character hides in any key or string of `value`: PostgreSQL can hold
+    none (not in JSONB, not in text), so Conveyor keeps them out of every store, and SQLite
+    and PostgreSQL agree."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(has_nul(v) for v in value)
+    return False
+
+
 def json_dumps(value: Any) -> str:
     """The JSON columns' serializer (`json_bytes`, as text)."""
     return json_bytes(value).decode()

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import DataError, IntegrityError
+
 from jobs.db import UTCDateTime, json_bytes
 from jobs.errors import StoreUnavailable
 from jobs.models import Job, JobAttempt
@@ -43,6 +45,9 @@ QUIET = 0.01
 
 #: Past this many unwritten records, new ones are still kept but an error is logged.
 BACKLOG_WARNING = 200_000
+#: Errors that say the store is up but refuses what a record holds (not an outage, nor a
+#: missing migration: records are kept through those).
+REFUSED = (DataError, IntegrityError)
 
 
 def _merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +146,10 @@ class Recorder:
         try:
             self.store.apply(jobs.values(), attempts.values())
         except Exception as exc:  # noqa: BLE001 - the buffer must survive any failure
+            if isinstance(exc, REFUSED):
+                jobs, attempts = self._apart(jobs, attempts)
+                if not jobs and not attempts:
+                    return True
             with self._lock:
                 for jid, rec in jobs.items():
                     self._jobs[jid] = _merge(rec, self._jobs[jid]) if jid in self._jobs else rec
@@ -160,6 +169,30 @@ class Recorder:
             log.warning("job store is back; wrote the records kept while it was away")
             self._failing = False
         return True
+
+    def _apart(self, jobs: dict[str, dict[str, Any]], attempts: dict[tuple[str, int], dict[str, Any]]
+               ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, int], dict[str, Any]]]:
+        """The store refused a batch for a value it cannot hold (one PostgreSQL refuses, say):
+        that record must not hold back every record after it, forever. Write each record on
+        its own; drop, and log, the ones refused on their own. Returns what is still unwritten
+        because the write failed otherwise (the store went away meanwhile)."""
+        left_jobs: dict[str, dict[str, Any]] = {}
+        left_attempts: dict[tuple[str, int], dict[str, Any]] = {}
+        away = False
+        for kind, records, left in (("job", jobs, left_jobs), ("attempt", attempts, left_attempts)):
+            for key, record in records.items():
+                if not away:
+                    try:
+                        self.store.apply([record] if kind == "job" else [], [record] if kind == "attempt" else [])
+                        continue
+                    except REFUSED as exc:
+                        log.error("the job store refused the %s record %s; dropped it: %s", kind, key,
+                                  (str(exc).splitlines() or [type(exc).__name__])[0])
+                        continue
+                    except Exception:  # noqa: BLE001 - kept, as the whole batch would be
+                        away = True
+                left[key] = record  # type: ignore[index]
+        return left_jobs, left_attempts
 
     def _due_in(self) -> float | None:
         """Seconds until the buffer should be written (0: now), None when it is empty."""

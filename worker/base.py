@@ -118,5 +118,7 @@ class ConveyorTask(Task):  # type: ignore[misc]
             request.id,
             state_order(JobStatus.STARTED, attempt),
             status=JobStatus.STARTED,
-            progress={"current": current, "total": total, "message": message},
+            # NUL shown as \x00: PostgreSQL can keep no NUL character.
+            progress={"current": current, "total": total,
+                      "message": message.replace("\x00", "\\x00") if isinstance(message, str) else message},
         )

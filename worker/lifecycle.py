@@ -23,7 +23,7 @@ from celery import Celery, current_app, signals
 from celery.worker import state as worker_state
 
 from jobs import forkgate
-from jobs.db import dispose_engines, utcnow
+from jobs.db import dispose_engines, has_nul, utcnow
 from jobs.models import REVOKED_ORDER, AttemptOutcome, AttemptReason, JobStatus, state_order
 from jobs.recorder import ForwardingRecorder, Recorder, app_recorder, close_recorders
 from jobs.store import JobStore
@@ -50,16 +50,28 @@ def _safe(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def _jsonable(value: Any) -> Any:
-    """`value` if JSON can hold it (and it is not huge), else a string saying what it was."""
-    if value is None or type(value) in (bool, int, float) or (type(value) is str and len(value) < 10_000):
+    """`value` if the job store can hold it as JSON (and it is not huge), else a string saying
+    what it was. A NUL character (`\\u0000`) counts as unholdable on every store: PostgreSQL's
+    JSONB refuses it, and a result that SQLite kept but PostgreSQL could not would make the
+    two stores disagree (the client refuses such payloads for the same reason)."""
+    if value is None or type(value) in (bool, int, float) or (
+            type(value) is str and len(value) < 10_000 and "\x00" not in value):
         return value  # most results: nothing to check
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
         return {"repr": repr(value)[:10_000]}
+    if has_nul(value):
+        return {"repr": repr(value)[:10_000]}
     if len(text) > MAX_RESULT_CHARS:
         return {"truncated": True, "size": len(text), "head": text[:10_000]}
     return value
+
+
+def _text(value: Any, limit: int) -> str:
+    """An error's text as a text column can hold it: NUL shown as `\\x00` (PostgreSQL refuses
+    the character in text)."""
+    return str(value).replace("\x00", "\\x00")[:limit]
 
 
 def _count_redelivery(app: Celery, job_id: str) -> int:
@@ -90,8 +102,8 @@ def _error_fields(exc: BaseException | None, einfo: Any) -> dict[str, Any]:
         return {}
     return {
         "error_type": type(exc).__name__,
-        "error_message": str(exc)[:10_000],
-        "traceback": str(einfo.traceback if hasattr(einfo, "traceback") else einfo or "")[:50_000],
+        "error_message": _text(exc, 10_000),
+        "traceback": _text(einfo.traceback if hasattr(einfo, "traceback") else einfo or "", 50_000),
     }
 
 

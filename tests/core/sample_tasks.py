@@ -44,3 +44,17 @@ class Size(BaseModel):
 def large_result(task: Any, data: Size) -> str:
     """A result of `chars` characters."""
     return "x" * data.chars
+
+
+class Nul(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fail: bool = False
+
+
+@job("testing.nul", input=Nul, max_retries=0)
+def nul(task: Any, data: Nul) -> str:
+    """A result, or an error, with a NUL character in it (PostgreSQL can store neither)."""
+    task.progress(1, 2, "half\x00way")
+    if data.fail:
+        raise ValueError("bad\x00byte")
+    return "a\x00b"

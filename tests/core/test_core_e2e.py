@@ -81,3 +81,22 @@ def test_progress_is_reported(client, settings, start_worker):
     assert seen["total"] == 4 and 1 <= seen["current"] <= 4
     job.wait(timeout=30)
     assert client.get_job(job.id).progress["current"] == 4
+
+
+def test_a_nul_character_in_a_result_or_error_is_recorded_escaped(settings, start_worker):
+    """PostgreSQL keeps no NUL character; before, one such result failed every later batch of
+    the worker's records, forever. Both stores record it the same way."""
+    from jobs.client import Client
+    from worker.factory import create_app
+
+    settings = settings.model_copy(update={"task_modules": ["tests.core.sample_tasks"]})
+    client = Client(create_app(settings))
+    start_worker(settings)
+    ok = client.enqueue("testing.nul", {})
+    bad = client.enqueue("testing.nul", {"fail": True})
+    assert ok.wait(timeout=30) == {"repr": "'a\\x00b'"}
+    failed = bad.wait_finished(timeout=30)
+    assert failed.status == JobStatus.DEAD and failed.error_message == "bad\\x00byte"
+    assert "\x00" not in (failed.traceback or "")
+    assert client.get_job(ok.id).progress["message"] == "half\\x00way"
+    assert client.enqueue("system.ping", {"message": "after"}).wait(timeout=30)["message"] == "after"

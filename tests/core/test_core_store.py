@@ -184,3 +184,23 @@ def test_unreachable_database_is_a_typed_error():
     with pytest.raises(StoreUnavailable) as err:
         store.get("anything")
     assert "secret" not in str(err.value) and "u:***@127.0.0.1" in str(err.value)
+
+
+def test_a_record_the_store_refuses_is_dropped_alone(database_url, caplog):
+    """A record the store cannot hold (here a job without a status, which the schema refuses)
+    is dropped and logged; the records of its batch are still written."""
+    store = JobStore(database_url)
+    rec = Recorder(store, interval=60)
+    now = utcnow()
+    rec.job("fine", 0, status=JobStatus.QUEUED, task="system.ping", created_at=now)
+    rec.job("refused", 0, status=None, task="system.ping", created_at=now)
+    rec.attempt("fine", 1, reason="first_run", outcome="succeeded", started_at=now)
+    with caplog.at_level("ERROR", logger="conveyor.recorder"):
+        assert rec.flush() is True
+    assert store.get("fine").status == JobStatus.QUEUED
+    assert [a.outcome for a in store.attempts("fine")] == ["succeeded"]
+    assert rec.pending == 0
+    assert "refused the job record refused" in caplog.text
+    with pytest.raises(Exception, match="refused"):
+        store.get("refused")
+    rec.close()
