@@ -72,10 +72,16 @@ def json_bytes(value: Any) -> bytes:
     standard library, a Python callback per datetime, 0.8 us with orjson; a column value 3-6 us,
     under 1). Datetimes come out as ISO strings. What orjson refuses and `json` takes (integers
     past 64 bits) goes through `json`; anything else raises TypeError."""
+    return encode_json(value)[0]
+
+
+def encode_json(value: Any) -> tuple[bytes, bool]:
+    """`json_bytes(value)`, and whether reading it back exactly needs the standard library's
+    `json.loads` (it went through `json`: orjson would read its big integers as floats)."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS), False
     except orjson.JSONEncodeError:
-        return json.dumps(value, default=_isoformat).encode()
+        return json.dumps(value, default=_isoformat).encode(), True
 
 
 def _isoformat(value: Any) -> str:

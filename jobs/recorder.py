@@ -26,13 +26,14 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy.exc import DataError, IntegrityError
 
-from jobs.db import UTCDateTime, json_bytes
+from jobs.db import UTCDateTime, encode_json
 from jobs.errors import StoreUnavailable
 from jobs.models import Job, JobAttempt
 from jobs.store import JobStore
@@ -90,32 +91,39 @@ class Recorder:
 
     # --- called from signal handlers: cheap, never raises ----------------------------------
     def job(self, job_id: str, state_order: int, **fields: Any) -> None:
-        rec = {"id": job_id, "state_order": state_order, **fields}
-        with self._lock:
-            self._jobs[job_id] = _merge(self._jobs.get(job_id), rec)
-            n = len(self._jobs)
-            self._touch()
-        self._started()
-        if n >= self.batch_size:
-            self._wake.set()
+        self.extend([("j", job_id, state_order, fields)])
 
     def attempt(self, job_id: str, number: int, **fields: Any) -> None:
-        key = (job_id, number)
-        rec = {"job_id": job_id, "number": number, **fields}
-        with self._lock:
-            old = self._attempts.get(key)
-            self._attempts[key] = _fill(old, rec) if old else rec
-            self._touch()
-        self._started()
+        self.extend([("a", job_id, number, fields)])
 
     def add(self, job: tuple[str, int, dict[str, Any]] | None = None,
             attempt: tuple[str, int, dict[str, Any]] | None = None, hold: bool = False) -> None:
         """A job record and an attempt record at once (either may be None; `hold` is for
         `ForwardingRecorder`: a buffer holds everything anyway)."""
+        records: list[tuple[str, str, int, dict[str, Any]]] = []
         if job:
-            self.job(job[0], job[1], **job[2])
+            records.append(("j", *job))
         if attempt:
-            self.attempt(attempt[0], attempt[1], **attempt[2])
+            records.append(("a", *attempt))
+        self.extend(records)
+
+    def extend(self, records: Iterable[tuple[str, str, int, dict[str, Any]]]) -> None:
+        """Records as a frame carries them: ("j", job id, state order, fields) for a job,
+        ("a", job id, attempt number, fields) for an attempt; all under one lock."""
+        with self._lock:
+            jobs, attempts = self._jobs, self._attempts
+            for kind, key, order, fields in records:
+                if kind == "j":
+                    jobs[key] = _merge(jobs.get(key), {"id": key, "state_order": order, **fields})
+                else:
+                    rec = {"job_id": key, "number": order, **fields}
+                    old = attempts.get((key, order))
+                    attempts[(key, order)] = _fill(old, rec) if old else rec
+            n = len(jobs)
+            self._touch()
+        self._started()
+        if n >= self.batch_size:
+            self._wake.set()
 
     def _touch(self) -> None:
         """Note a new record (under the lock); wake the flusher if the buffer was empty."""
@@ -323,11 +331,11 @@ class ForwardingRecorder:
         holds; True if it did (or, without `sync`, if the records were handed over)."""
         if self._local is None:
             try:
-                payload = json_bytes([*records, [SYNC]] if sync else records)
+                frame = encode_frame([*records, [SYNC]] if sync else records)
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     self._sock.connect(self.address)
-                self._sock.sendall(struct.pack("!I", len(payload)) + payload)
+                self._sock.sendall(frame)
                 if not sync:
                     return True
                 self._sock.settimeout(SYNC_TIMEOUT)
@@ -342,8 +350,7 @@ class ForwardingRecorder:
                 log.warning("recorder process unreachable (%s); recording from this process", exc)
                 self._local = self._local_factory()
                 self._disconnect()
-        for kind, key, order, fields in records:  # a partly sent frame is dropped there: no double
-            (self._local.job if kind == "j" else self._local.attempt)(key, order, **fields)
+        self._local.extend(records)  # a partly sent frame is dropped there: no double
         return self._local.flush() if sync else True
 
     def _disconnect(self) -> None:
@@ -398,9 +405,35 @@ def _compact(records: list[list[Any]]) -> list[list[Any]]:
     return list(merged.values())
 
 
-def decode_records(payload: bytes) -> tuple[list[tuple[str, str, int, dict[str, Any]]], bool]:
-    """The records of one frame sent by a `ForwardingRecorder`, and whether it asks for a sync."""
-    entries = json.loads(payload)  # not orjson: it reads integers past 64 bits as floats
+#: A frame is a 4-byte header and a JSON list of records. The header holds the list's length,
+#: and this bit when the list needs the standard library's reader: orjson reads integers past
+#: 64 bits as floats, and such a frame was written by `json` anyway (`encode_json`). Every
+#: other frame is read with orjson (3.1 -> 0.9 us a job's frame).
+_HEADER = struct.Struct("!I")
+_EXACT = 1 << 31
+
+
+def encode_frame(records: list[list[Any]]) -> bytes:
+    payload, exact = encode_json(records)
+    return _HEADER.pack(len(payload) | (_EXACT if exact else 0)) + payload
+
+
+def next_frame(buf: bytes | bytearray, offset: int) -> tuple[bytes, bool, int] | None:
+    """The frame starting at `offset` in `buf`, as (payload, needs the standard library's
+    reader, offset after it); None while it is incomplete."""
+    if len(buf) - offset < _HEADER.size:
+        return None
+    (header,) = _HEADER.unpack_from(buf, offset)
+    size, start = header & (_EXACT - 1), offset + _HEADER.size
+    if len(buf) - start < size:
+        return None
+    return bytes(buf[start:start + size]), bool(header & _EXACT), start + size
+
+
+def decode_records(payload: bytes, exact: bool = True) -> tuple[list[tuple[str, str, int, dict[str, Any]]], bool]:
+    """The records of one frame sent by a `ForwardingRecorder`, and whether it asks for a sync.
+    `exact`: read with the standard library (see `_EXACT`), else with orjson."""
+    entries = json.loads(payload) if exact else orjson.loads(payload)
     sync = bool(entries) and entries[-1] == [SYNC]
     out = []
     for kind, key, order, fields in entries[:-1] if sync else entries:

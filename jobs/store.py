@@ -143,9 +143,10 @@ def _by_fields(records: Iterable[dict[str, Any]], names: tuple[str, ...],
     upsert's coalesce), each as a row of `always` and those fields: one executemany each."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in records:
-        fields = tuple(f for f in names if r.get(f) is not None)
+        fields = tuple([f for f in names if r.get(f) is not None])  # a list: no generator per record
         row = {f: r.get(f) for f in always}
-        row.update((f, r[f]) for f in fields)
+        for f in fields:
+            row[f] = r[f]
         groups.setdefault(fields, []).append(row)
     return groups
 

@@ -43,6 +43,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Any
 
 import celery
@@ -97,14 +98,17 @@ class ConveyorConsumer(Consumer):  # type: ignore[misc]
 
     _conveyor_flush_pending = False
 
+    @cached_property
     def _event_flush_interval(self) -> float:
+        """Read once: this runs for every task event (three a job) in the worker's busiest
+        process, and a lookup through Celery's configuration costs about a microsecond."""
         settings = getattr(self.app.conf, "conveyor_settings", None)
         return float(getattr(settings, "event_flush_interval", 0.1))
 
     def on_send_event_buffered(self) -> None:
         if not self.hub:
             return
-        interval = self._event_flush_interval()
+        interval = self._event_flush_interval
         if interval <= 0:
             super().on_send_event_buffered()
             return

@@ -22,7 +22,6 @@ import selectors
 import shutil
 import signal
 import socket
-import struct
 import tempfile
 import time
 from typing import Any
@@ -176,19 +175,14 @@ def _deliver(buf: bytearray, rec: recording.Recorder, sock: socket.socket) -> No
     """Hand every complete frame in `buf` to `rec`, keeping the incomplete tail; answer a
     frame that asks for a sync once everything is written."""
     offset = 0
-    while len(buf) - offset >= 4:
-        (size,) = struct.unpack_from("!I", buf, offset)
-        if len(buf) - offset - 4 < size:
-            break
-        payload = bytes(buf[offset + 4:offset + 4 + size])
-        offset += 4 + size
+    while (frame := recording.next_frame(buf, offset)) is not None:
+        payload, exact, offset = frame
         try:
-            records, sync = recording.decode_records(payload)
-        except (ValueError, TypeError) as exc:
+            records, sync = recording.decode_records(payload, exact)
+        except (ValueError, TypeError) as exc:  # orjson's JSONDecodeError is a ValueError
             log.error("dropped a malformed lifecycle record: %s", exc)
             continue
-        for kind, key, order, fields in records:
-            (rec.job if kind == "j" else rec.attempt)(key, order, **fields)
+        rec.extend(records)
         if sync:
             try:
                 sock.sendall(b"1" if rec.flush() else b"0")

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from jobs.db import Base, get_engine, json_bytes, utcnow
 from jobs.migrate import downgrade, head_revisions, is_current, upgrade
 from jobs.models import JobStatus, state_order
-from jobs.recorder import Recorder, _compact, decode_records
+from jobs.recorder import Recorder, _compact, decode_records, encode_frame, next_frame
 from jobs.store import JobStore
 
 
@@ -144,13 +144,24 @@ def test_a_compacted_frame_lands_as_the_records_it_merged(database_url):
 
 
 def test_a_frame_carries_what_json_can_hold():
-    """Results orjson refuses but JSON holds (integers past 64 bits) still reach the recorder."""
+    """Results orjson refuses but JSON holds (integers past 64 bits) still reach the recorder,
+    exact: their frame is marked for the standard library's reader (orjson would read them as
+    floats); every other frame is read with orjson."""
     now = utcnow()
-    frame = [["j", "x", 5, {"result": {"big": 2**70 + 1, "n": [1.5, None]}, "finished_at": now}],
-             ["j", "y", 5, {"result": {1: "int key"}, "started_at": now}]]
-    records, _ = decode_records(json_bytes(frame))
-    assert records == [("j", "x", 5, {"result": {"big": 2**70 + 1, "n": [1.5, None]}, "finished_at": now}),
-                       ("j", "y", 5, {"result": {"1": "int key"}, "started_at": now})]
+    big = [["j", "x", 5, {"result": {"big": 2**70 + 1, "n": [1.5, None]}, "finished_at": now}],
+           ["j", "y", 5, {"result": {1: "int key"}, "started_at": now}]]
+    usual = [["j", "z", 13, {"result": {"n": 2**63 - 1, "x": 0.1}, "finished_at": now}], ["sync"]]
+    buf = encode_frame(big) + encode_frame(usual)
+    payload, exact, offset = next_frame(buf, 0)
+    assert exact is True
+    assert decode_records(payload, exact) == (
+        [("j", "x", 5, {"result": {"big": 2**70 + 1, "n": [1.5, None]}, "finished_at": now}),
+         ("j", "y", 5, {"result": {"1": "int key"}, "started_at": now})], False)
+    assert next_frame(buf[:-1], offset) is None  # not all of it arrived yet
+    payload, exact, end = next_frame(buf, offset)
+    assert exact is False and end == len(buf)
+    assert decode_records(payload, exact) == (
+        [("j", "z", 13, {"result": {"n": 2**63 - 1, "x": 0.1}, "finished_at": now})], True)
 
 
 def test_json_columns_keep_what_json_can_hold(database_url):
