@@ -195,6 +195,25 @@ def make_database(kind: str, tmp_path: Path) -> Iterator[str]:
     admin.dispose()
 
 
+def empty_pg_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database with no tables at all (for tests of what creates them); dropped after."""
+    if not pg_available():
+        missing(f"PostgreSQL at {PG_URL}")
+    import sqlalchemy as sa
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield _pg_admin_url().rsplit("/", 1)[0] + f"/{name}"
+    from jobs.db import dispose_engines
+
+    dispose_engines()
+    with admin.connect() as c:
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `one_database` keep only their SQLite variant: their subject is not the
     job store, and every run on PostgreSQL costs a worker start. Job-store tests run on both."""

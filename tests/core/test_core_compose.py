@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import redis
 import yaml
 
 from jobs.migrate import is_current
-from tests.conftest import PG_URL, free_port, missing, pg_available, wait_until
+from tests.conftest import empty_pg_database, free_port, missing, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -60,21 +59,7 @@ def _interpolate(value: str, given: dict[str, str]) -> str:
 @pytest.fixture
 def empty_pg() -> Iterator[str]:
     """A PostgreSQL database with no tables: the compose's `migrate` creates them."""
-    if not pg_available():
-        missing(f"PostgreSQL at {PG_URL}")
-    import sqlalchemy as sa
-
-    name = f"conveyor_compose_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    from jobs.db import dispose_engines
-
-    dispose_engines()
-    with admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    yield from empty_pg_database("conveyor_compose")
 
 
 @pytest.mark.slow

@@ -179,24 +179,12 @@ def test_the_notification_is_recorded_and_never_fails_the_run(recon_settings):
 @pytest.fixture
 def empty_database(database_url, tmp_path):
     """A database with no tables at all, of the same kind as `database_url`."""
-    import uuid
-
     if database_url.startswith("sqlite"):
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    from tests.conftest import PG_URL
+    from tests.conftest import empty_pg_database
 
-    name = f"recon_mig_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    from jobs.db import dispose_engines
-
-    dispose_engines()
-    with admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    yield from empty_pg_database("recon_mig")
 
 
 def test_migration_matches_the_models_and_downgrades(empty_database):
