@@ -103,6 +103,11 @@ def has_nul(value: Any) -> bool:
     return False
 
 
+def escape_nul(text: str) -> str:
+    """`text` with each NUL character shown as `\\x00`, for a text field PostgreSQL must keep."""
+    return text.replace("\x00", "\\x00")
+
+
 def json_dumps(value: Any) -> str:
     """The JSON columns' serializer (`json_bytes`, as text)."""
     return json_bytes(value).decode()

@@ -76,7 +76,8 @@ def _insert(table: Any, dialect: str, names: tuple[str, ...]) -> Any:
 def _bind_rows(dialect: str, rows: list[dict[str, Any]], key: tuple[str, ...]) -> Iterator[Any]:
     """The parameters of `_insert` statements that write `rows`: the rows themselves (one
     executemany), or on PostgreSQL the JSON array each statement reads them from (datetimes
-    as ISO 8601 text). One such statement may not upsert a row twice, so rows whose `key`
+    as ISO 8601 text with their offset: every datetime Conveyor records is aware, and on the
+    other path `UTCDateTime` refuses a naive one). One such statement may not upsert a row twice, so rows whose `key`
     repeats go into a further statement, in order."""
     if dialect != "postgresql":
         yield rows

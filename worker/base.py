@@ -11,6 +11,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from pydantic import BaseModel, ValidationError
 
 from config import Settings
+from jobs.db import escape_nul
 from jobs.errors import PermanentError, Quarantined
 from jobs.models import JobStatus, state_order
 from jobs.recorder import ForwardingRecorder, Recorder, app_recorder
@@ -118,7 +119,6 @@ class ConveyorTask(Task):  # type: ignore[misc]
             request.id,
             state_order(JobStatus.STARTED, attempt),
             status=JobStatus.STARTED,
-            # NUL shown as \x00: PostgreSQL can keep no NUL character.
             progress={"current": current, "total": total,
-                      "message": message.replace("\x00", "\\x00") if isinstance(message, str) else message},
+                      "message": escape_nul(message) if isinstance(message, str) else message},
         )

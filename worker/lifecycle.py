@@ -23,7 +23,7 @@ from celery import Celery, current_app, signals
 from celery.worker import state as worker_state
 
 from jobs import forkgate
-from jobs.db import dispose_engines, has_nul, utcnow
+from jobs.db import dispose_engines, escape_nul, has_nul, utcnow
 from jobs.models import REVOKED_ORDER, AttemptOutcome, AttemptReason, JobStatus, state_order
 from jobs.recorder import ForwardingRecorder, Recorder, app_recorder, close_recorders
 from jobs.store import JobStore
@@ -68,12 +68,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _text(value: Any, limit: int) -> str:
-    """An error's text as a text column can hold it: NUL shown as `\\x00` (PostgreSQL refuses
-    the character in text)."""
-    return str(value).replace("\x00", "\\x00")[:limit]
-
-
 def _count_redelivery(app: Celery, job_id: str) -> int:
     """How many times this job's message came back after a lost worker (counted in Redis,
     which outlives the worker processes the job keeps killing)."""
@@ -102,8 +96,8 @@ def _error_fields(exc: BaseException | None, einfo: Any) -> dict[str, Any]:
         return {}
     return {
         "error_type": type(exc).__name__,
-        "error_message": _text(exc, 10_000),
-        "traceback": _text(einfo.traceback if hasattr(einfo, "traceback") else einfo or "", 50_000),
+        "error_message": escape_nul(str(exc))[:10_000],
+        "traceback": escape_nul(str(einfo.traceback if hasattr(einfo, "traceback") else einfo or ""))[:50_000],
     }
 
 
