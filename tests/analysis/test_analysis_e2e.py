@@ -182,9 +182,24 @@ def test_split_job_equals_single_and_completes_the_parent(env: dict[str, Any]) -
     assert not scratch.exists()  # the merge cleans up the partials
 
 
+def write_uneven_parts(folder: Path, big_rows: int = 1_500_000) -> None:
+    """Four partitions, the first far larger than the rest: while it runs, the parent stays at
+    one to three of four for a good part of a second (with four small ones, all four could
+    finish between two looks at the record)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate([big_rows, 100, 100, 100]):
+        ids = np.arange(n, dtype=np.int64)
+        pq.write_table(pa.table({"id": ids, "amount": (ids % 997) * 1.5}), folder / f"part-{i}.parquet")
+
+
 def test_parent_shows_progress_as_partitions_finish(env: dict[str, Any]) -> None:
     client = env["client"]
-    job = client.enqueue("analysis.profile", {"path": "known_parts"})
+    write_uneven_parts(env["settings"].data_dir / "uneven_parts")
+    job = client.enqueue("analysis.profile", {"path": "uneven_parts"})
     seen: list[tuple[int, int]] = []
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
