@@ -66,18 +66,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def json_bytes(value: Any) -> bytes:
-    """JSON as Conveyor writes it (the job store's JSON columns, the frames pool children send
-    their recorder process): orjson, on every job's path (a job's frame took 12 us with the
-    standard library, a Python callback per datetime, 0.8 us with orjson; a column value 3-6 us,
-    under 1). Datetimes come out as ISO strings. What orjson refuses and `json` takes (integers
-    past 64 bits) goes through `json`; anything else raises TypeError."""
-    return encode_json(value)[0]
-
-
 def encode_json(value: Any) -> tuple[bytes, bool]:
-    """`json_bytes(value)`, and whether reading it back exactly needs the standard library's
-    `json.loads` (it went through `json`: orjson would read its big integers as floats)."""
+    """JSON as Conveyor writes it (the job store's JSON columns, the frames pool children send
+    their recorder process), and whether reading it back exactly needs the standard library's
+    `json.loads`. orjson, on every job's path (a job's frame took 12 us with the standard
+    library, a Python callback per datetime, 0.8 us with orjson; a column value 3-6 us, under
+    1); datetimes come out as ISO strings. What orjson refuses and `json` takes (integers past
+    64 bits, which orjson would also read back as floats) goes through `json`, and says so;
+    anything else raises TypeError."""
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS), False
     except orjson.JSONEncodeError:
@@ -109,8 +105,8 @@ def escape_nul(text: str) -> str:
 
 
 def json_dumps(value: Any) -> str:
-    """The JSON columns' serializer (`json_bytes`, as text)."""
-    return json_bytes(value).decode()
+    """The JSON columns' serializer (`encode_json`, as text)."""
+    return encode_json(value)[0].decode()
 
 
 def make_engine(url: str) -> Engine:

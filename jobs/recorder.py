@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -70,6 +70,19 @@ def _fill(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {**old, **{k: v for k, v in new.items() if v is not None}}
 
 
+def _merge_records(jobs: dict[str, dict[str, Any]], attempts: dict[tuple[str, int], dict[str, Any]],
+                   records: Iterable[Sequence[Any]]) -> None:
+    """Merge records as a frame carries them, ("j", job id, state order, fields) or ("a", job
+    id, attempt number, fields), into rows keyed by job and by attempt, as the upserts would."""
+    for kind, key, order, fields in records:
+        if kind == "j":
+            jobs[key] = _merge(jobs.get(key), {"id": key, "state_order": order, **fields})
+        else:
+            rec = {"job_id": key, "number": order, **fields}
+            old = attempts.get((key, order))
+            attempts[(key, order)] = _fill(old, rec) if old else rec
+
+
 class Recorder:
     """One process's buffer of lifecycle records and the thread that writes them."""
 
@@ -111,15 +124,8 @@ class Recorder:
         """Records as a frame carries them: ("j", job id, state order, fields) for a job,
         ("a", job id, attempt number, fields) for an attempt; all under one lock."""
         with self._lock:
-            jobs, attempts = self._jobs, self._attempts
-            for kind, key, order, fields in records:
-                if kind == "j":
-                    jobs[key] = _merge(jobs.get(key), {"id": key, "state_order": order, **fields})
-                else:
-                    rec = {"job_id": key, "number": order, **fields}
-                    old = attempts.get((key, order))
-                    attempts[(key, order)] = _fill(old, rec) if old else rec
-            n = len(jobs)
+            _merge_records(self._jobs, self._attempts, records)
+            n = len(self._jobs)
             self._touch()
         self._started()
         if n >= self.batch_size:
@@ -391,18 +397,11 @@ def _compact(records: list[list[Any]]) -> list[list[Any]]:
     decoding and the recorder's merging are half the work."""
     if len(records) <= 2:
         return records
-    merged: dict[tuple[str, str, int | None], list[Any]] = {}
-    for kind, key, order, fields in records:
-        slot = (kind, key, order if kind == "a" else None)
-        old = merged.get(slot)
-        if old is None:
-            merged[slot] = [kind, key, order, fields]
-        elif kind == "j":
-            both = _merge({"state_order": old[2], **old[3]}, {"state_order": order, **fields})
-            merged[slot] = ["j", key, both.pop("state_order"), both]
-        else:
-            merged[slot] = ["a", key, order, _fill(old[3], fields)]
-    return list(merged.values())
+    jobs: dict[str, dict[str, Any]] = {}
+    attempts: dict[tuple[str, int], dict[str, Any]] = {}
+    _merge_records(jobs, attempts, records)
+    return ([["j", j.pop("id"), j.pop("state_order"), j] for j in jobs.values()]
+            + [["a", a.pop("job_id"), a.pop("number"), a] for a in attempts.values()])
 
 
 #: A frame is a 4-byte header and a JSON list of records. The header holds the list's length,
