@@ -100,3 +100,60 @@ def test_cancelled_timers_leave_the_event_loop_schedule_and_the_rest_still_fire(
             break
         entry()
     assert sorted(fired) == list(range(1, 1000, 2))  # every live timer fired, none cancelled
+
+
+def test_an_unacknowledged_copy_is_stored_as_received_and_restores_the_same_message(redis_url):
+    """The copy kombu keeps of a message a worker holds is the text the message arrived as, and
+    a lost worker's message comes back with every header as it was sent: kombu's typed values,
+    a NaN, an integer past 64 bits, non-ASCII text."""
+    import math
+    import uuid
+    from datetime import UTC, datetime
+
+    import redis as redis_lib
+    from kombu import Exchange, Queue
+    from kombu.utils.json import loads
+
+    assert patches.store_unacked_as_received()
+    exchange = Exchange("patched", type="direct")
+    queue = Queue("patched", exchange, routing_key="patched")
+    headers = {"ref": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+               "at": datetime(2026, 11, 25, 12, 0, tzinfo=UTC), "ratio": float("nan"),
+               "big": 2**70 + 1, "who": "Zoë ☃"}
+    client = redis_lib.Redis.from_url(redis_url)
+
+    with Connection(redis_url) as conn:
+        conn.Producer().publish({"n": 1}, exchange=exchange, routing_key="patched", declare=[queue],
+                                headers=headers, serializer="json")
+    # As a producer that writes JSON more tightly than kombu would (orjson, another language).
+    import json
+
+    sent = json.dumps(json.loads(client.lpop("patched")), separators=(",", ":")).encode()
+    client.lpush("patched", sent)
+
+    got: list = []
+    conn = Connection(redis_url)
+    consumer = conn.Consumer([queue], callbacks=[lambda body, message: got.append(message)])
+    with consumer:
+        conn.drain_events(timeout=5)
+        (stored,) = client.hvals("unacked")
+        # as received, not encoded again
+        assert stored.startswith(b"[" + sent + b", ")
+        message, ex, rk = loads(stored)
+        assert (ex, rk) == ("patched", "patched")
+        assert message["headers"]["ref"] == headers["ref"] and message["headers"]["big"] == 2**70 + 1
+    conn.release()  # closing the channel with the message unacknowledged gives it back
+
+    redelivered: list = []
+    with Connection(redis_url) as conn2:
+        with conn2.Consumer([queue], callbacks=[lambda body, message: (redelivered.append(message),
+                                                                       message.ack())]):
+            conn2.drain_events(timeout=5)
+    (again,) = redelivered
+    assert again.payload == {"n": 1}
+    h = again.headers
+    assert h["ref"] == headers["ref"] and isinstance(h["ref"], uuid.UUID)
+    assert h["at"] == headers["at"] and h["big"] == 2**70 + 1 and h["who"] == "Zoë ☃"
+    assert math.isnan(h["ratio"])
+    assert again.delivery_info.get("redelivered") or h.get("redelivered")
+    assert client.hlen("unacked") == 0
