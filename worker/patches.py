@@ -34,7 +34,7 @@ its throughput once task events are on, as Flower needs them:
 
 All are applied explicitly by `worker.factory.create_app` (unless `patch=False`), only on the
 versions they were tested with (`TESTED`); on other versions they are skipped with a warning.
-tests/core/test_patches.py fails if an upgrade changes what they rely on. Both are small enough
+tests/core/test_core_patches.py fails if an upgrade changes what they rely on. Both are small enough
 to propose upstream as options.
 """
 
