@@ -172,6 +172,21 @@ def make_database(kind: str, tmp: Path) -> str:
     return url
 
 
+def drop_database(url: str) -> None:
+    """Drop the PostgreSQL database `make_database` made (a SQLite file goes with its folder)."""
+    if not url.startswith("postgresql"):
+        return
+    import sqlalchemy as sa
+
+    from jobs.db import dispose_engines
+
+    dispose_engines()
+    eng = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    eng.dispose()
+
+
 def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
     url = make_database(kind, tmp)
     env = conveyor_env(url)
@@ -233,6 +248,7 @@ def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
     from jobs.recorder import close_recorders
 
     close_recorders()
+    drop_database(url)
     med = {k: statistics.median(v) for k, v in out.items()}
     return {**med, "conv_one": conv_one, "conv_delay": conv_delay, "conv_many": conv_many}
 
