@@ -188,7 +188,15 @@ def drop_database(url: str) -> None:
 
 
 def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
+    """Every figure of one job store, on a database made for the run and dropped after it."""
     url = make_database(kind, tmp)
+    try:
+        return measure(kind, url, n, repeat, tmp)
+    finally:
+        drop_database(url)
+
+
+def measure(kind: str, url: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
     env = conveyor_env(url)
     os.environ.update(env)
     from config import get_settings
@@ -248,7 +256,6 @@ def run(kind: str, n: int, repeat: int, tmp: Path) -> dict[str, Any]:
     from jobs.recorder import close_recorders
 
     close_recorders()
-    drop_database(url)
     med = {k: statistics.median(v) for k, v in out.items()}
     return {**med, "conv_one": conv_one, "conv_delay": conv_delay, "conv_many": conv_many}
 

@@ -190,23 +190,22 @@ class Recorder:
         that record must not hold back every record after it, forever. Write each record on
         its own; drop, and log, the ones refused on their own. Returns what is still unwritten
         because the write failed otherwise (the store went away meanwhile)."""
-        left_jobs: dict[str, dict[str, Any]] = {}
-        left_attempts: dict[tuple[str, int], dict[str, Any]] = {}
+        left: dict[str, dict[Any, dict[str, Any]]] = {"job": {}, "attempt": {}}
         away = False
-        for kind, records, left in (("job", jobs, left_jobs), ("attempt", attempts, left_attempts)):
+        for kind, records in (("job", jobs), ("attempt", attempts)):
             for key, record in records.items():
-                if not away:
-                    try:
-                        self.store.apply([record] if kind == "job" else [], [record] if kind == "attempt" else [])
-                        continue
-                    except REFUSED as exc:
-                        log.error("the job store refused the %s record %s; dropped it: %s", kind, key,
-                                  (str(exc).splitlines() or [type(exc).__name__])[0])
-                        continue
-                    except Exception:  # noqa: BLE001 - kept, as the whole batch would be
-                        away = True
-                left[key] = record  # type: ignore[index]
-        return left_jobs, left_attempts
+                if away:
+                    left[kind][key] = record
+                    continue
+                try:
+                    self.store.apply(*(([record], []) if kind == "job" else ([], [record])))
+                except REFUSED as exc:
+                    log.error("the job store refused the %s record %s; dropped it: %s", kind, key,
+                              (str(exc).splitlines() or [type(exc).__name__])[0])
+                except Exception:  # noqa: BLE001 - kept, as the whole batch would be
+                    away = True
+                    left[kind][key] = record
+        return left["job"], left["attempt"]
 
     def _due_in(self) -> float | None:
         """Seconds until the buffer should be written (0: now), None when it is empty."""

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
+import uuid
+from datetime import UTC, datetime
 
 import pytest
-from kombu import Connection
+import redis as redis_lib
+from kombu import Connection, Exchange, Queue
+from kombu.utils.json import loads
 
 from worker import patches
 
@@ -106,14 +112,6 @@ def test_an_unacknowledged_copy_is_stored_as_received_and_restores_the_same_mess
     """The copy kombu keeps of a message a worker holds is the text the message arrived as, and
     a lost worker's message comes back with every header as it was sent: kombu's typed values,
     a NaN, an integer past 64 bits, non-ASCII text."""
-    import math
-    import uuid
-    from datetime import UTC, datetime
-
-    import redis as redis_lib
-    from kombu import Exchange, Queue
-    from kombu.utils.json import loads
-
     assert patches.store_unacked_as_received()
     exchange = Exchange("patched", type="direct")
     queue = Queue("patched", exchange, routing_key="patched")
@@ -126,16 +124,14 @@ def test_an_unacknowledged_copy_is_stored_as_received_and_restores_the_same_mess
         conn.Producer().publish({"n": 1}, exchange=exchange, routing_key="patched", declare=[queue],
                                 headers=headers, serializer="json")
     # As a producer that writes JSON more tightly than kombu would (orjson, another language).
-    import json
-
     sent = json.dumps(json.loads(client.lpop("patched")), separators=(",", ":")).encode()
     client.lpush("patched", sent)
 
     got: list = []
     conn = Connection(redis_url)
-    consumer = conn.Consumer([queue], callbacks=[lambda body, message: got.append(message)])
-    with consumer:
+    with conn.Consumer([queue], callbacks=[lambda body, message: got.append(message)]):
         conn.drain_events(timeout=5)
+        assert len(got) == 1 and got[0].payload == {"n": 1}  # held, not acknowledged
         (stored,) = client.hvals("unacked")
         # as received, not encoded again
         assert stored.startswith(b"[" + sent + b", ")
