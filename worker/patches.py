@@ -1,7 +1,8 @@
-"""Changes to Celery's and kombu's behaviour: four win back what task events cost, two keep a
-malformed message from stopping a worker (`create_task_handler`, `drop_malformed_messages`),
-two keep a reconnect from running a job twice (`on_connection_error_after_connected`,
-`leave_lost_channels_to_recovery`), one keeps the worker's memory flat (`purge_cancelled_timers`).
+"""Changes to Celery's and kombu's behaviour: four win back what task events cost, one drops the
+event loop's redundant epoll calls, two keep a malformed message from stopping a worker
+(`create_task_handler`, `drop_malformed_messages`), two keep a reconnect from running a job
+twice (`on_connection_error_after_connected`, `leave_lost_channels_to_recovery`), one keeps the
+worker's memory flat (`purge_cancelled_timers`).
 
 Measured (bench/throughput.py; ../shared/PERFORMANCE.md has the analysis): the worker's consumer
 process is the bottleneck of a Celery-on-Redis worker, and two things in it cost a third of
@@ -31,6 +32,11 @@ its throughput once task events are on, as Flower needs them:
    Redis QoS stores a copy to restore if the worker is lost: it decodes the message, then
    encodes it again with the standard library's JSON (10 us of the consumer's 780 a job).
    `store_unacked_as_received` keeps the text each message arrived as and stores that instead.
+
+5. **Redundant epoll calls.** On every round of the worker's event loop kombu's Redis transport
+   registered its sockets again and the prefork pool unregistered a writer from each idle
+   child's pipe, which it never had: nine failing `epoll_ctl` calls a job of the twelve it made.
+   `skip_redundant_poll_registrations` skips what the loop's own tables show it has (or lacks).
 
 All are applied explicitly by `worker.factory.create_app` (unless `patch=False`), only on the
 versions they were tested with (`TESTED`); on other versions they are skipped with a warning.
@@ -432,10 +438,81 @@ def leave_lost_channels_to_recovery() -> bool:
     return True
 
 
+class _KnownReaders:
+    """A kombu event loop as one caller sees it: `add_reader` skips a reader the loop already
+    has (the same descriptor, callback and arguments); everything else is the loop's own."""
+
+    def __init__(self, hub: Any) -> None:
+        self._hub = hub
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hub, name)
+
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> Any:
+        if type(fd) is int and self._hub.readers.get(fd) == (callback, args):
+            return None
+        return self._hub.add_reader(fd, callback, *args)
+
+
+def skip_redundant_poll_registrations() -> bool:
+    """Keep the worker's event loop from asking epoll for what it already has (idempotent).
+
+    Between two jobs the worker's main process went round its event loop a few times, and on
+    every round kombu's Redis transport added its sockets' readers again, the prefork pool
+    removed a writer from each idle child's pipe, and after every result the pool added the
+    result pipe's reader again: a dozen `epoll_ctl` calls a job (strace, 1,000 jobs), nine of
+    them failing (EEXIST, ENOENT) because the descriptor was already registered, or never was.
+    kombu's epoll wrapper ignores those errors, so each was a system call for nothing, in the
+    worker's busiest process. Now:
+
+    - `Hub.remove_writer` of a descriptor the loop does not watch for writing does nothing
+      (kombu unregistered it, failing, and re-registered it as a reader when it was one);
+    - the Redis transport's and the pool's result handler's `add_reader` skip a reader the loop
+      already has. The loop's reader table is the record of what is registered: the transport
+      registers every socket it polls itself and takes a lost connection's descriptors out of
+      the loop (`loop.remove`), and the pool removes a child's result pipe before closing it,
+      so a descriptor in the table with that very callback is registered already.
+    """
+    from celery.concurrency import asynpool
+    from kombu.asynchronous.hub import Hub
+    from kombu.transport import redis as redis_transport
+    from kombu.utils.compat import fileno
+
+    if getattr(Hub, "_conveyor_skips_redundant", False):
+        return True
+    if not (_tested("kombu", kombu.__version__) and _tested("celery", celery.__version__)):
+        return False
+    remove_writer = Hub.remove_writer
+
+    def remove_writer_(self: Any, fd: Any) -> None:
+        try:
+            watched = fileno(fd) in self.writers
+        except Exception:  # noqa: BLE001 - a closed file: as kombu would
+            watched = True
+        if watched:
+            remove_writer(self, fd)
+
+    register = redis_transport.Transport.register_with_event_loop
+    make_result = asynpool.ResultHandler._make_process_result
+
+    def register_with_event_loop(self: Any, connection: Any, loop: Any) -> Any:
+        return register(self, connection, _KnownReaders(loop))
+
+    def _make_process_result(self: Any, hub: Any) -> Any:
+        return make_result(self, _KnownReaders(hub))
+
+    Hub.remove_writer = remove_writer_
+    redis_transport.Transport.register_with_event_loop = register_with_event_loop
+    asynpool.ResultHandler._make_process_result = _make_process_result
+    Hub._conveyor_skips_redundant = True
+    return True
+
+
 def apply(app: Celery) -> None:
     """Apply the changes for `app`: its workers batch event flushes, survive malformed messages
     and lost connections, and purge cancelled timers; its producers batch task-sent events; this
-    process reuses Redis clients and stores unacknowledged copies as received."""
+    process reuses Redis clients, stores unacknowledged copies as received and skips redundant
+    epoll registrations."""
     if _tested("celery", celery.__version__):
         app.conf.worker_consumer = "worker.patches:ConveyorConsumer"
         batch_sent_events(app)
@@ -443,3 +520,4 @@ def apply(app: Celery) -> None:
     store_unacked_as_received()
     drop_malformed_messages()
     leave_lost_channels_to_recovery()
+    skip_redundant_poll_registrations()

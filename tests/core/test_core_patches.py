@@ -153,3 +153,84 @@ def test_an_unacknowledged_copy_is_stored_as_received_and_restores_the_same_mess
     assert math.isnan(h["ratio"])
     assert again.delivery_info.get("redelivered") or h.get("redelivered")
     assert client.hlen("unacked") == 0
+
+
+class _CountedPoller:
+    """A hub's real epoll object, its registrations counted per descriptor."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls: list[tuple[str, int]] = []
+
+    def register(self, fd, events):
+        self.calls.append(("register", fd if isinstance(fd, int) else fd.fileno()))
+        return self.real.register(fd, events)
+
+    def unregister(self, fd):
+        self.calls.append(("unregister", fd if isinstance(fd, int) else fd.fileno()))
+        return self.real.unregister(fd)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_removing_a_writer_the_loop_does_not_have_asks_epoll_nothing_and_keeps_the_reader():
+    import socket
+
+    from kombu.asynchronous import Hub
+
+    assert patches.skip_redundant_poll_registrations()
+    hub = Hub()
+    poller = hub.poller = _CountedPoller(hub.poller)
+    a, b = socket.socketpair()
+    idle, _idle_peer = socket.socketpair()
+    try:
+        got: list[bytes] = []
+        hub.add_reader(a.fileno(), lambda: got.append(a.recv(10)))
+        poller.calls.clear()
+        hub.remove_writer(idle.fileno())  # what the pool does for every idle child, every round
+        hub.remove_writer(a.fileno())  # a reader, not a writer
+        assert poller.calls == []
+        b.send(b"ping")
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            hub.run_once()
+        assert got == [b"ping"]  # still watched for reading
+        hub.add_writer(idle.fileno(), lambda: None)
+        poller.calls.clear()
+        hub.remove_writer(idle.fileno())  # a writer it has: removed as before
+        assert poller.calls == [("unregister", idle.fileno())] and idle.fileno() not in hub.writers
+    finally:
+        hub.close()
+        for s in (a, b, idle, _idle_peer):
+            s.close()
+
+
+def test_a_redis_consumer_on_the_event_loop_registers_its_sockets_once_not_every_round(redis_url):
+    """kombu's Redis transport added its sockets' readers on every round of the loop, each an
+    epoll call that failed because they were registered already; messages still all arrive."""
+    from kombu.asynchronous import Hub
+
+    assert patches.skip_redundant_poll_registrations()
+    queue = Queue(f"loop-{uuid.uuid4().hex[:8]}", Exchange("loop", type="direct"), routing_key="loop")
+    hub = Hub()
+    poller = hub.poller = _CountedPoller(hub.poller)
+    got: list[int] = []
+    rounds = 0
+    with Connection(redis_url) as conn:
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        with conn.Consumer([queue], callbacks=[lambda body, message: (got.append(body["n"]), message.ack())]):
+            with Connection(redis_url) as producer_conn:
+                producer = producer_conn.Producer()
+                for n in range(20):
+                    producer.publish({"n": n}, exchange=queue.exchange, routing_key="loop", declare=[queue])
+            deadline = time.monotonic() + 10
+            while len(got) < 20 and time.monotonic() < deadline:
+                hub.run_once()
+                rounds += 1
+    hub.close()
+    assert sorted(got) == list(range(20))
+    registers = sum(1 for call, _ in poller.calls if call == "register")
+    # Its socket and the loop's waker, each once; before, every round added the socket again
+    # (22 registrations in 20 rounds).
+    assert rounds >= 20 and registers <= 4, (rounds, registers)
