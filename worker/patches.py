@@ -1,8 +1,8 @@
-"""Changes to Celery's and kombu's behaviour: four win back what task events cost, one drops the
-event loop's redundant epoll calls, two keep a malformed message from stopping a worker
-(`create_task_handler`, `drop_malformed_messages`), two keep a reconnect from running a job
-twice (`on_connection_error_after_connected`, `leave_lost_channels_to_recovery`), one keeps the
-worker's memory flat (`purge_cancelled_timers`).
+"""Changes to Celery's and kombu's behaviour: four win back what task events cost, two spare the
+worker's main process waits and system calls it did not need, two keep a malformed message
+from stopping a worker (`create_task_handler`, `drop_malformed_messages`), two keep a
+reconnect from running a job twice (`on_connection_error_after_connected`,
+`leave_lost_channels_to_recovery`), one keeps the worker's memory flat (`purge_cancelled_timers`).
 
 Measured (bench/throughput.py; ../shared/PERFORMANCE.md has the analysis): the worker's consumer
 process is the bottleneck of a Celery-on-Redis worker, and two things in it cost a third of
@@ -33,15 +33,20 @@ its throughput once task events are on, as Flower needs them:
    encodes it again with the standard library's JSON (10 us of the consumer's 780 a job).
    `store_unacked_as_received` keeps the text each message arrived as and stores that instead.
 
-5. **Redundant epoll calls.** On every round of the worker's event loop kombu's Redis transport
+5. **Waiting for the unacked bookkeeping.** For every message, kombu's Redis QoS stored its copy
+   and, on the acknowledgement, deleted it, each a MULTI/EXEC the main process sent and then
+   waited for: its two longest waits a job. `unacked_bookkeeping_without_waiting` sends each
+   batch and reads its answer when the next one goes out, or before anything that must see the
+   bookkeeping done (see `_Bookkeeping`).
+6. **Redundant epoll calls.** On every round of the worker's event loop kombu's Redis transport
    registered its sockets again and the prefork pool unregistered a writer from each idle
    child's pipe, which it never had: nine failing `epoll_ctl` calls a job of the twelve it made.
    `skip_redundant_poll_registrations` skips what the loop's own tables show it has (or lacks).
 
 All are applied explicitly by `worker.factory.create_app` (unless `patch=False`), only on the
 versions they were tested with (`TESTED`); on other versions they are skipped with a warning.
-tests/core/test_core_patches.py fails if an upgrade changes what they rely on. Both are small enough
-to propose upstream as options.
+tests/core/test_core_patches.py fails if an upgrade changes what they rely on. Each is small
+enough to propose upstream as an option.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ from celery.worker.consumer import Consumer
 log = logging.getLogger("conveyor.patches")
 
 #: (major, minor) versions these changes were written and tested against.
-TESTED = {"celery": {(5, 7)}, "kombu": {(5, 7)}}
+TESTED = {"celery": {(5, 7)}, "kombu": {(5, 7)}, "redis": {(8, 1)}}
 
 
 def _tested(name: str, version: str) -> bool:
@@ -438,6 +443,172 @@ def leave_lost_channels_to_recovery() -> bool:
     return True
 
 
+class _Bookkeeping:
+    """One kombu Redis channel's unacknowledged-message bookkeeping, on a connection of its
+    own, each batch sent without waiting for Redis's answer.
+
+    kombu stores a copy of every message a consumer takes (`QoS.append`) and deletes it when
+    the message is acknowledged (`QoS.ack`), each a MULTI/EXEC that the worker's main process
+    sent and then waited for: two round trips a job, the longest waits of that process (650 us
+    each on average on a busy 2-core machine, while the job's next step waited too). Here a
+    batch is sent and the worker goes on; its answer is read when the next batch goes out (by
+    then it has long arrived), and all answers are read before anything that must see the
+    bookkeeping done: a restore, a rejection that requeues, a claim of the messages held
+    (`settle`). Redis runs one connection's commands in order, so a message's copy is always
+    stored before it is deleted. A failed command is logged; a lost connection raises, as
+    kombu's own call would have, and what it left unanswered is left to the recovery sweep
+    (an acknowledgement that did not land means one more delivery, which the job's final
+    record turns into an acknowledgement without a rerun).
+
+    Used from the worker's event loop only, as kombu's QoS is.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.connection: Any = None
+        self.pool: Any = None
+        self.pid = 0
+        self.unanswered: list[list[tuple[Any, ...]]] = []
+
+    def _connection(self) -> Any:
+        pool = self.channel.pool
+        if self.connection is None or self.pool is not pool or self.pid != os.getpid():
+            self.connection, self.pool, self.pid = pool.get_connection(), pool, os.getpid()
+            self.unanswered = []
+        if self.connection._sock is None:  # closed (a lost connection, the pool's disconnect)
+            self.unanswered = []  # their answers went with it
+        return self.connection
+
+    def send(self, commands: list[tuple[Any, ...]]) -> None:
+        connection = self._connection()
+        batch = [("MULTI",), *commands, ("EXEC",)]
+        try:
+            # No health check: its PING would read the answers still due.
+            connection.send_packed_command(connection.pack_commands(batch), check_health=False)
+        except Exception:
+            self.unanswered = []
+            raise
+        self.unanswered.append(batch)
+        while len(self.unanswered) > 1:
+            self._read(self.unanswered.pop(0))
+
+    def settle(self) -> None:
+        """Read every answer still due: Redis has then run everything sent."""
+        if self.connection is None or self.connection._sock is None:
+            self.unanswered = []  # closed: nothing left to read
+        while self.unanswered:
+            self._read(self.unanswered.pop(0))
+
+    def _read(self, batch: list[tuple[Any, ...]]) -> None:
+        import redis
+
+        for command in batch:
+            try:
+                answer = self.connection.read_response()
+            except redis.ResponseError as exc:
+                log.error("Redis refused %s of a message's bookkeeping: %s", command[0], exc)
+                continue
+            except Exception:
+                self.unanswered = []
+                raise
+            if command[0] == "EXEC":
+                for item in answer if isinstance(answer, list) else ():
+                    if isinstance(item, Exception):
+                        log.error("Redis refused part of a message's bookkeeping: %s", item)
+
+
+class _BookkeepingPipe:
+    """The pipeline kombu's Redis QoS builds its bookkeeping with (`zadd`, `hset`, `zrem`,
+    `hdel`, then `execute`), sent through `_Bookkeeping`."""
+
+    def __init__(self, book: _Bookkeeping) -> None:
+        self.book = book
+        self.commands: list[tuple[Any, ...]] = []
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> _BookkeepingPipe:
+        for member, score in mapping.items():
+            self.commands.append(("ZADD", key, score, member))
+        return self
+
+    def hset(self, key: str, field: str, value: Any) -> _BookkeepingPipe:
+        self.commands.append(("HSET", key, field, value))
+        return self
+
+    def zrem(self, key: str, *members: str) -> _BookkeepingPipe:
+        self.commands.append(("ZREM", key, *members))
+        return self
+
+    def hdel(self, key: str, *fields: str) -> _BookkeepingPipe:
+        self.commands.append(("HDEL", key, *fields))
+        return self
+
+    def execute(self) -> None:
+        commands, self.commands = self.commands, []
+        self.book.send(commands)
+
+
+def _bookkeeping(qos: Any) -> _Bookkeeping:
+    book = qos.__dict__.get("_conveyor_bookkeeping")
+    if book is None:
+        book = qos.__dict__["_conveyor_bookkeeping"] = _Bookkeeping(qos.channel)
+    return book  # type: ignore[no-any-return]
+
+
+def settle_bookkeeping(qos: Any) -> None:
+    """Wait until Redis has run the bookkeeping `qos` sent (nothing to do if none is due)."""
+    book = getattr(qos, "__dict__", {}).get("_conveyor_bookkeeping")
+    if book is not None:
+        book.settle()
+
+
+def unacked_bookkeeping_without_waiting() -> bool:
+    """Make kombu's Redis QoS send its unacked bookkeeping without waiting for the answer
+    (see `_Bookkeeping`; idempotent)."""
+    import redis
+    from kombu.transport import redis as redis_transport
+
+    qos = redis_transport.QoS
+    if getattr(qos, "_conveyor_books_without_waiting", False):
+        return True
+    if not (_tested("kombu", kombu.__version__) and _tested("redis", redis.__version__)):
+        return False
+    pipe_or_acquire = qos.pipe_or_acquire
+
+    @contextmanager
+    def pipe_or_acquire_(self: Any, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        if pipe is None and client is None:  # QoS.append's and QoS.ack's own pipeline
+            yield _BookkeepingPipe(_bookkeeping(self))
+        else:
+            with pipe_or_acquire(self, pipe, client) as given:
+                yield given
+
+    def settled(method: Any) -> Any:
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            settle_bookkeeping(self)
+            return method(self, *args, **kwargs)
+
+        return run
+
+    channel = redis_transport.Channel
+    disconnect_pools = channel._disconnect_pools
+
+    def _disconnect_pools(self: Any) -> None:  # closing the channel, before its restore
+        qos = self.__dict__.get("qos")
+        if qos is not None:
+            try:
+                settle_bookkeeping(qos)
+            except Exception as exc:  # noqa: BLE001 - a lost connection: nothing to wait for
+                log.debug("bookkeeping unanswered at close: %s", exc)
+        disconnect_pools(self)
+
+    channel._disconnect_pools = _disconnect_pools
+    qos.pipe_or_acquire = pipe_or_acquire_
+    for name in ("restore_by_tag", "restore_unacked", "restore_visible"):
+        setattr(qos, name, settled(getattr(qos, name)))
+    qos._conveyor_books_without_waiting = True
+    return True
+
+
 class _KnownReaders:
     """A kombu event loop as one caller sees it: `add_reader` skips a reader the loop already
     has (the same descriptor, callback and arguments); everything else is the loop's own."""
@@ -511,13 +682,14 @@ def skip_redundant_poll_registrations() -> bool:
 def apply(app: Celery) -> None:
     """Apply the changes for `app`: its workers batch event flushes, survive malformed messages
     and lost connections, and purge cancelled timers; its producers batch task-sent events; this
-    process reuses Redis clients, stores unacknowledged copies as received and skips redundant
-    epoll registrations."""
+    process reuses Redis clients, stores unacknowledged copies as received without waiting for
+    Redis's answer, and skips redundant epoll registrations."""
     if _tested("celery", celery.__version__):
         app.conf.worker_consumer = "worker.patches:ConveyorConsumer"
         batch_sent_events(app)
     reuse_redis_clients()
     store_unacked_as_received()
+    unacked_bookkeeping_without_waiting()
     drop_malformed_messages()
     leave_lost_channels_to_recovery()
     skip_redundant_poll_registrations()

@@ -30,6 +30,8 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 
+from worker.patches import settle_bookkeeping
+
 log = logging.getLogger("conveyor.recovery")
 
 NODE_PREFIX = "conveyor:node:"
@@ -80,6 +82,9 @@ class NodeHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         try:
             channel = c.task_consumer.channel
             qos = channel.qos
+            # Acknowledgements sent but not yet answered have left `_delivered` already: wait
+            # until Redis has run them, so no message is unclaimed while still in `unacked`.
+            settle_bookkeeping(qos)
             # kombu keeps acknowledged tags in `_delivered` until its next flush (`_dirty`)
             held = {t for t in list(qos._delivered) if t not in qos._dirty}
             # After a Redis reconnect the consumer has a new channel, but jobs taken through the

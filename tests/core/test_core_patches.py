@@ -25,6 +25,7 @@ def test_versions_are_the_tested_ones():
 
     assert patches._tested("celery", celery.__version__), "re-run bench/throughput.py and the tests"
     assert patches._tested("kombu", kombu.__version__), "re-run bench/throughput.py and the tests"
+    assert patches._tested("redis", redis_lib.__version__), "re-run bench/throughput.py and the tests"
 
 
 def test_redis_channel_reuses_one_client_per_pool(redis_url):
@@ -234,3 +235,76 @@ def test_a_redis_consumer_on_the_event_loop_registers_its_sockets_once_not_every
     # Its socket and the loop's waker, each once; before, every round added the socket again
     # (22 registrations in 20 rounds).
     assert rounds >= 20 and registers <= 4, (rounds, registers)
+
+
+def _take_one(conn: Connection, queue: Queue) -> object:
+    got: list = []
+    consumer = conn.Consumer([queue], callbacks=[lambda body, message: got.append(message)])
+    consumer.consume()
+    conn.drain_events(timeout=5)
+    assert len(got) == 1
+    return got[0]
+
+
+def test_bookkeeping_does_not_wait_for_redis_and_lands_in_order(redis_url):
+    """A worker's copy of each message it takes, and its deletion on the acknowledgement, go
+    out without waiting for Redis's answer (two round trips a job the worker's main process
+    used to wait on), and land in the order they were sent."""
+    assert patches.unacked_bookkeeping_without_waiting()
+    client = redis_lib.Redis.from_url(redis_url)
+    queue = Queue(f"book-{uuid.uuid4().hex[:8]}", Exchange("book", type="direct"), routing_key="book")
+    with Connection(redis_url) as conn:
+        for n in range(2):
+            conn.Producer().publish({"n": n}, exchange=queue.exchange, routing_key="book", declare=[queue])
+        first = _take_one(conn, queue)
+        assert client.hexists("unacked", first.delivery_tag)
+        client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # Redis takes no writes for 10 s
+        try:
+            acked = threading.Thread(target=first.ack)
+            acked.start()
+            acked.join(5)
+            assert not acked.is_alive(), "the acknowledgement waited for Redis"
+        finally:
+            client.execute_command("CLIENT", "UNPAUSE")
+        second = _take_one(conn, queue)  # its copy goes out behind the first one's deletion
+        second.ack()  # sent at once after it: the copy must land before its deletion
+        patches.settle_bookkeeping(conn.default_channel.qos)
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
+def test_a_refused_bookkeeping_command_is_logged_and_the_next_ones_land(redis_url, caplog):
+    assert patches.unacked_bookkeeping_without_waiting()
+    client = redis_lib.Redis.from_url(redis_url)
+    queue = Queue(f"book-{uuid.uuid4().hex[:8]}", Exchange("book", type="direct"), routing_key="book")
+    with Connection(redis_url) as conn:
+        for n in range(2):
+            conn.Producer().publish({"n": n}, exchange=queue.exchange, routing_key="book", declare=[queue])
+        client.set("unacked", "not a hash")  # every HSET into it fails (WRONGTYPE)
+        first = _take_one(conn, queue)
+        patches.settle_bookkeeping(conn.default_channel.qos)
+        assert "Redis refused" in caplog.text and "WRONGTYPE" in caplog.text
+        client.delete("unacked")
+        second = _take_one(conn, queue)
+        patches.settle_bookkeeping(conn.default_channel.qos)
+        assert client.hexists("unacked", second.delivery_tag)
+        first.ack()
+        second.ack()
+        patches.settle_bookkeeping(conn.default_channel.qos)
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
+def test_a_message_held_when_its_channel_closes_is_given_back_even_before_its_copy_was_answered(redis_url):
+    assert patches.unacked_bookkeeping_without_waiting()
+    client = redis_lib.Redis.from_url(redis_url)
+    queue = Queue(f"book-{uuid.uuid4().hex[:8]}", Exchange("book", type="direct"), routing_key="book")
+    conn = Connection(redis_url)
+    conn.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="book", declare=[queue])
+    held = _take_one(conn, queue)
+    book = conn.default_channel.qos.__dict__["_conveyor_bookkeeping"]
+    assert book.unanswered  # the copy was sent, its answer not read yet
+    conn.release()  # closing the channel with the message unacknowledged gives it back
+    assert client.llen(queue.name) == 1 and client.hlen("unacked") == 0
+    with Connection(redis_url) as conn2:
+        again = _take_one(conn2, queue)
+        assert again.payload == {"n": 1} and again.delivery_tag == held.delivery_tag
+        again.ack()
