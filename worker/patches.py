@@ -40,7 +40,7 @@ its throughput once task events are on, as Flower needs them:
    bookkeeping done (see `_Bookkeeping`).
 6. **Redundant epoll calls.** On every round of the worker's event loop kombu's Redis transport
    registered its sockets again and the prefork pool unregistered a writer from each idle
-   child's pipe, which it never had: nine failing `epoll_ctl` calls a job of the twelve it made.
+   child's pipe, which it never had: nine failing `epoll_ctl` calls a job of the thirteen it made.
    `skip_redundant_poll_registrations` skips what the loop's own tables show it has (or lacks).
 
 All are applied explicitly by `worker.factory.create_app` (unless `patch=False`), only on the
