@@ -237,6 +237,14 @@ def test_a_redis_consumer_on_the_event_loop_registers_its_sockets_once_not_every
     assert rounds >= 20 and registers <= 4, (rounds, registers)
 
 
+def _queue_holding(conn: Connection, count: int, first: int = 0) -> Queue:
+    """A new queue with `count` messages `{"n": first}`, `{"n": first + 1}`, ..."""
+    queue = Queue(f"book-{uuid.uuid4().hex[:8]}", Exchange("book", type="direct"), routing_key="book")
+    for n in range(first, first + count):
+        conn.Producer().publish({"n": n}, exchange=queue.exchange, routing_key="book", declare=[queue])
+    return queue
+
+
 def _take_one(conn: Connection, queue: Queue) -> object:
     got: list = []
     consumer = conn.Consumer([queue], callbacks=[lambda body, message: got.append(message)])
@@ -252,10 +260,8 @@ def test_bookkeeping_does_not_wait_for_redis_and_lands_in_order(redis_url):
     used to wait on), and land in the order they were sent."""
     assert patches.unacked_bookkeeping_without_waiting()
     client = redis_lib.Redis.from_url(redis_url)
-    queue = Queue(f"book-{uuid.uuid4().hex[:8]}", Exchange("book", type="direct"), routing_key="book")
     with Connection(redis_url) as conn:
-        for n in range(2):
-            conn.Producer().publish({"n": n}, exchange=queue.exchange, routing_key="book", declare=[queue])
+        queue = _queue_holding(conn, 2)
         first = _take_one(conn, queue)
         assert client.hexists("unacked", first.delivery_tag)
         client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # Redis takes no writes for 10 s
@@ -275,10 +281,8 @@ def test_bookkeeping_does_not_wait_for_redis_and_lands_in_order(redis_url):
 def test_a_refused_bookkeeping_command_is_logged_and_the_next_ones_land(redis_url, caplog):
     assert patches.unacked_bookkeeping_without_waiting()
     client = redis_lib.Redis.from_url(redis_url)
-    queue = Queue(f"book-{uuid.uuid4().hex[:8]}", Exchange("book", type="direct"), routing_key="book")
     with Connection(redis_url) as conn:
-        for n in range(2):
-            conn.Producer().publish({"n": n}, exchange=queue.exchange, routing_key="book", declare=[queue])
+        queue = _queue_holding(conn, 2)
         client.set("unacked", "not a hash")  # every HSET into it fails (WRONGTYPE)
         first = _take_one(conn, queue)
         patches.settle_bookkeeping(conn.default_channel.qos)
@@ -296,9 +300,8 @@ def test_a_refused_bookkeeping_command_is_logged_and_the_next_ones_land(redis_ur
 def test_a_message_held_when_its_channel_closes_is_given_back_even_before_its_copy_was_answered(redis_url):
     assert patches.unacked_bookkeeping_without_waiting()
     client = redis_lib.Redis.from_url(redis_url)
-    queue = Queue(f"book-{uuid.uuid4().hex[:8]}", Exchange("book", type="direct"), routing_key="book")
     conn = Connection(redis_url)
-    conn.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="book", declare=[queue])
+    queue = _queue_holding(conn, 1, first=1)
     held = _take_one(conn, queue)
     book = conn.default_channel.qos.__dict__["_conveyor_bookkeeping"]
     assert book.unanswered  # the copy was sent, its answer not read yet
