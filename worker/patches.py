@@ -65,6 +65,7 @@ from typing import Any
 
 import celery
 import kombu
+import redis
 from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer
@@ -470,13 +471,17 @@ class _Bookkeeping:
         self.pid = 0
         self.unanswered: list[list[tuple[Any, ...]]] = []
 
+    def _forget_if_closed(self) -> None:
+        """A closed connection (lost, or the pool's disconnect) took its answers with it."""
+        if self.connection is None or self.connection._sock is None:
+            self.unanswered = []
+
     def _connection(self) -> Any:
         pool = self.channel.pool
         if self.connection is None or self.pool is not pool or self.pid != os.getpid():
             self.connection, self.pool, self.pid = pool.get_connection(), pool, os.getpid()
             self.unanswered = []
-        if self.connection._sock is None:  # closed (a lost connection, the pool's disconnect)
-            self.unanswered = []  # their answers went with it
+        self._forget_if_closed()
         return self.connection
 
     def send(self, commands: list[tuple[Any, ...]]) -> None:
@@ -494,14 +499,11 @@ class _Bookkeeping:
 
     def settle(self) -> None:
         """Read every answer still due: Redis has then run everything sent."""
-        if self.connection is None or self.connection._sock is None:
-            self.unanswered = []  # closed: nothing left to read
+        self._forget_if_closed()
         while self.unanswered:
             self._read(self.unanswered.pop(0))
 
     def _read(self, batch: list[tuple[Any, ...]]) -> None:
-        import redis
-
         for command in batch:
             try:
                 answer = self.connection.read_response()
@@ -564,7 +566,6 @@ def settle_bookkeeping(qos: Any) -> None:
 def unacked_bookkeeping_without_waiting() -> bool:
     """Make kombu's Redis QoS send its unacked bookkeeping without waiting for the answer
     (see `_Bookkeeping`; idempotent)."""
-    import redis
     from kombu.transport import redis as redis_transport
 
     qos = redis_transport.QoS
